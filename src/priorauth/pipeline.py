@@ -1,0 +1,336 @@
+"""The letter steps in order, with no framework: read → validate → dose → word → lay out →
+assemble → write. One case's failure is that case's result; the batch always goes on.
+
+`BatchRunner` spreads cases over long-lived worker processes (reportlab is CPU-bound and gains
+nothing from threads). Results carry case IDs, statuses and field errors, never patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from priorauth import codes
+from priorauth.catalog import Catalog, load_catalog
+from priorauth.documents import letter_context, make_environment, render_letter_text
+from priorauth.domain import Case
+from priorauth.dosing import Dose, DoseRequest, compute_dose
+from priorauth.errors import (
+    AttachmentError,
+    CaseFileError,
+    CaseValidationError,
+    DosingError,
+    FieldError,
+)
+from priorauth.files import sha256_bytes, write_atomic
+from priorauth.findings import case_findings
+from priorauth.intake import case_id_for, cross_checks, parse_case_file, validate_case
+from priorauth.packet import assemble_packet, read_attachment
+from priorauth.render import ensure_fonts, render_cover, render_letter
+from priorauth.settings import Settings
+
+LETTER_FILE = "letter.pdf"
+PACKET_FILE = "packet.pdf"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case file; safe to log (IDs, statuses, field errors, codes)."""
+
+    case_id: str
+    source: str
+    status: str  # "ready" | "invalid"
+    errors: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    files_written: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ready"
+
+
+@dataclass
+class Workbench:
+    """What every case needs, built once per process: reference data, templates, fonts, date."""
+
+    settings: Settings
+    catalog: Catalog
+    today: date
+    env: Any
+
+    @classmethod
+    def build(cls, settings: Settings, today: date) -> Workbench:
+        ensure_fonts()
+        return cls(
+            settings=settings,
+            catalog=load_catalog(settings.reference_dir),
+            today=today,
+            env=make_environment(settings.templates_dir),
+        )
+
+
+def dose_request(case: Case) -> DoseRequest:
+    request = case.request
+    return DoseRequest(
+        sex=case.patient.sex,
+        height_cm=case.patient.height.cm,
+        weight_kg=case.patient.weight.kg,
+        g_per_kg_per_course=request.g_per_kg_per_course,
+        days_per_course=request.days_per_course,
+        interval_days=request.interval_days,
+        authorization_days=request.authorization_days,
+        basis=request.weight_basis,
+    )
+
+
+def inputs_dict(request: DoseRequest) -> dict[str, Any]:
+    """The `inputs` block of summary.json and `priorauth dose --json`."""
+    return {
+        "sex": request.sex,
+        "height_cm": float(request.height_cm),
+        "weight_kg": float(request.weight_kg),
+        "g_per_kg_per_course": float(request.g_per_kg_per_course),
+        "days_per_course": request.days_per_course,
+        "interval_days": request.interval_days,
+        "authorization_days": request.authorization_days,
+        "weight_basis": request.basis,
+    }
+
+
+def product_dict(product: Any) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        "name": product.name,
+        "hcpcs": product.hcpcs,
+        "billing_unit_mg": product.billing_unit_mg,
+    }
+
+
+@dataclass
+class Letter:
+    """A rendered case: the PDFs and everything summary.json reports about them."""
+
+    case: Case
+    dose: Dose
+    template: str
+    letter_pdf: bytes
+    packet_pdf: bytes
+    warnings: list[dict[str, str]]
+
+
+def build_letter(case: Case, bench: Workbench, case_dir: Path) -> Letter:
+    """Dose, word, lay out and assemble one valid case (raises AttachmentError, DosingError)."""
+    catalog = bench.catalog
+    product = catalog.product(case.request.product_id)
+    payer = catalog.payer(case.coverage.payer_id)
+    dose = compute_dose(dose_request(case), product)
+    findings = case_findings(case, catalog, dose)
+    attachments = [
+        (
+            a.title,
+            read_attachment(
+                case_dir / a.path,
+                field=f"attachments[{i}].path",
+                max_bytes=bench.settings.max_attachment_mb * 1_048_576,
+            ),
+        )
+        for i, a in enumerate(case.attachments)
+    ]
+    letter_date = case.prepared_on or bench.today
+    ctx = letter_context(case, catalog=catalog, dose=dose, letter_date=letter_date)
+    template, sections = render_letter_text(
+        bench.env,
+        ctx,
+        payer_id=payer.id,
+        indication=case.indication,
+        situation=case.clinical_situation,
+    )
+    titles = {dx.code: codes.icd_title(dx.code) or "" for dx in case.diagnoses}
+    indication = catalog.indication(case.indication)
+    letter_pdf = render_letter(
+        ctx,
+        sections,
+        letterhead=catalog.letterhead,
+        titles=titles,
+        references=list(indication.references),
+        enclosures=[a.title for a in case.attachments],
+    )
+
+    def cover(total: int, parts: list[tuple[str, int]]) -> bytes:
+        return render_cover(
+            case_id=case.case_id,
+            payer=payer,
+            letterhead=catalog.letterhead,
+            sent_on=letter_date,
+            total_pages=total,
+            parts=parts,
+            urgent=case.request.urgent,
+        )
+
+    packet_pdf = assemble_packet(
+        letter_pdf=letter_pdf,
+        attachments=attachments,
+        cover=cover,
+        title=f"Prior authorization packet, case {case.case_id}",
+    )
+    return Letter(case, dose, template, letter_pdf, packet_pdf, [f.as_dict() for f in findings])
+
+
+def _write_summary(folder: Path, summary: dict[str, Any]) -> bool:
+    text = json.dumps(summary, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    return write_atomic(folder / SUMMARY_FILE, text.encode("utf-8"))
+
+
+def _invalid(path: Path, case_id: str, errors: list[FieldError], out_dir: Path) -> CaseResult:
+    folder = out_dir / case_id
+    # An invalid case leaves only summary.json: PDFs from an earlier, valid version are stale.
+    for name in (LETTER_FILE, PACKET_FILE):
+        (folder / name).unlink(missing_ok=True)
+    error_dicts = [e.as_dict() for e in errors]
+    summary = {
+        "case_id": case_id,
+        "status": "invalid",
+        "source": str(path),
+        "errors": error_dicts,
+        "warnings": [],
+        "product": None,
+        "inputs": None,
+        "dosing": None,
+        "documents": {},
+    }
+    written = _write_summary(folder, summary)
+    return CaseResult(case_id, str(path), "invalid", error_dicts, [], int(written))
+
+
+def generate_case(path: Path, *, bench: Workbench, out_dir: Path) -> CaseResult:
+    """One case file → DIR/<case_id>/{letter.pdf, packet.pdf, summary.json}, or an invalid summary.
+
+    Re-running with the same input rewrites nothing (identical bytes are detected by hash).
+    """
+    data: dict[str, Any] | None = None
+    try:
+        data = parse_case_file(path)
+        case = validate_case(data, catalog=bench.catalog, today=bench.today, case_dir=path.parent)
+        letter = build_letter(case, bench, path.parent)
+    except (CaseFileError, CaseValidationError, AttachmentError) as exc:
+        return _invalid(path, case_id_for(path, data), exc.errors, out_dir)
+    except DosingError as exc:
+        return _invalid(path, case_id_for(path, data), [FieldError("request", str(exc))], out_dir)
+
+    folder = out_dir / case.case_id
+    written = write_atomic(folder / LETTER_FILE, letter.letter_pdf)
+    written += write_atomic(folder / PACKET_FILE, letter.packet_pdf)
+    request = dose_request(case)
+    summary = {
+        "case_id": case.case_id,
+        "status": "ready",
+        "source": str(path),
+        "errors": [],
+        "warnings": letter.warnings,
+        "indication": case.indication,
+        "clinical_situation": case.clinical_situation,
+        "payer_id": case.coverage.payer_id,
+        "template": letter.template,
+        "product": product_dict(bench.catalog.product(case.request.product_id)),
+        "inputs": inputs_dict(request),
+        "dosing": letter.dose.as_dict(),
+        "documents": {
+            "letter": {"file": LETTER_FILE, "sha256": sha256_bytes(letter.letter_pdf)},
+            "packet": {"file": PACKET_FILE, "sha256": sha256_bytes(letter.packet_pdf)},
+        },
+    }
+    written += _write_summary(folder, summary)
+    return CaseResult(case.case_id, str(path), "ready", [], letter.warnings, written)
+
+
+def check_case(path: Path, *, bench: Workbench) -> list[FieldError]:
+    """Validation only (no rendering): every error of one case file, or []."""
+    try:
+        data = parse_case_file(path)
+        case = validate_case(data, catalog=bench.catalog, today=bench.today, case_dir=None)
+    except (CaseFileError, CaseValidationError) as exc:
+        return exc.errors
+    return cross_checks(case, bench.catalog, path.parent)
+
+
+# ---- batches over worker processes -------------------------------------------------------
+
+_BENCH: Workbench | None = None
+
+
+def _init_worker(settings_json: str, today_iso: str) -> None:
+    global _BENCH
+    _BENCH = Workbench.build(
+        Settings.model_validate_json(settings_json), date.fromisoformat(today_iso)
+    )
+
+
+def _run_chunk(paths: list[str], out_dir: str) -> list[CaseResult]:
+    assert _BENCH is not None, "worker not initialised"
+    return [generate_case(Path(p), bench=_BENCH, out_dir=Path(out_dir)) for p in paths]
+
+
+def chunked(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class BatchRunner:
+    """Long-lived render workers (one process each), fed chunks of case files.
+
+    With `workers == 1` everything runs in this process. Workers start with `forkserver` so a
+    threaded parent (Prefect's engine) is never forked mid-lock.
+    """
+
+    def __init__(self, settings: Settings, *, today: date, out_dir: Path) -> None:
+        self.settings = settings
+        self.today = today
+        self.out_dir = out_dir
+        self._pool: Executor | None = None
+        self._local: Workbench | None = None
+
+    def __enter__(self) -> BatchRunner:
+        if self.settings.workers > 1:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["priorauth.pipeline"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.settings.workers,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(self.settings.model_dump_json(), self.today.isoformat()),
+            )
+        else:
+            self._local = Workbench.build(self.settings, self.today)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def run_chunk(self, paths: list[Path]) -> list[CaseResult]:
+        """Generate one chunk of cases (in one worker process) and wait for it."""
+        if self._pool is None:
+            assert self._local is not None, "use BatchRunner as a context manager"
+            return [generate_case(p, bench=self._local, out_dir=self.out_dir) for p in paths]
+        future = self._pool.submit(_run_chunk, [str(p) for p in paths], str(self.out_dir))
+        return future.result()
+
+    def run(self, paths: Iterable[Path]) -> list[CaseResult]:
+        """Every case, chunk by chunk over all workers, results in input order."""
+        paths = list(paths)
+        if self._pool is None:
+            return self.run_chunk(paths)
+        size = max(1, min(self.settings.chunk_size, -(-len(paths) // (self.settings.workers * 4))))
+        futures = [
+            self._pool.submit(_run_chunk, [str(p) for p in chunk], str(self.out_dir))
+            for chunk in chunked(paths, size)
+        ]
+        return [result for future in futures for result in future.result()]

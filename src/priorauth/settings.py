@@ -1,0 +1,35 @@
+"""Settings: one object, read from `PRIORAUTH_*` environment variables at the edges and passed down.
+
+Nothing here is read at import time; `load_settings()` is called by the CLI, the flows and tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Every setting the pipeline reads; each one is documented in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="PRIORAUTH_", extra="ignore")
+
+    home: Path = Field(Path("var"), description="Data folder: generated letters, intake, database.")
+    reference_dir: Path = Field(
+        REPO_ROOT / "reference", description="Products, payers, indications and letterhead files."
+    )
+    templates_dir: Path = Field(
+        REPO_ROOT / "templates", description="jinja2 templates (letters/ and portal/)."
+    )
+    workers: int = Field(2, ge=1, le=64, description="Render processes for batches.")
+    chunk_size: int = Field(50, ge=1, le=1000, description="Cases per Prefect task.")
+    max_attachment_mb: int = Field(25, ge=1, description="Largest attachment accepted, in MiB.")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]
