@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml
 
 ## Generate every fixture case's letter and packet through a real Prefect flow run.
 demo: $(STAMP)
-	$(BIN)/python flows/letters.py fixtures/cases --out var/letters
+	$(BIN)/python flows/letters.py fixtures/cases
 
 ## The test suite (the same command CI runs).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -17,7 +17,7 @@ from pathlib import Path
 # No usage telemetry from a system that handles PHI (and this network has no route out anyway).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -31,7 +31,7 @@ _runner: BatchRunner | None = None  # the render workers of the flow run in prog
 
 
 @task(name="generate-chunk", cache_policy=NO_CACHE, persist_result=False)
-def generate_chunk(paths: list[str], out_dir: str) -> list[CaseResult]:
+def generate_chunk(paths: list[str]) -> list[CaseResult]:
     """One chunk of cases in one render worker; logs case IDs and field paths only."""
     assert _runner is not None, "generate_chunk runs inside generate_letters"
     logger = get_run_logger()
@@ -49,13 +49,14 @@ def generate_chunk(paths: list[str], out_dir: str) -> list[CaseResult]:
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     validate_parameters=True,
 )
-def generate_letters(paths: list[str], out_dir: str = "var/letters") -> dict:
+def generate_letters(paths: list[str], out_dir: str | None = None) -> dict:
     """Generate letter.pdf, packet.pdf and summary.json under OUT_DIR/<case_id>/ for each case
     file in `paths` (files or folders). Invalid cases get a summary with their errors; every
-    valid case is still generated."""
+    valid case is still generated. OUT_DIR defaults to $PRIORAUTH_HOME/letters."""
     global _runner
     logger = get_run_logger()
     settings = load_settings()
+    out_dir = out_dir or str(settings.home / "letters")
     files = find_case_files([Path(p) for p in paths])
     logger.info("%d case file(s) to generate into %s", len(files), out_dir)
     if not files:
@@ -67,7 +68,7 @@ def generate_letters(paths: list[str], out_dir: str = "var/letters") -> dict:
         _runner = runner
         try:
             chunks = [[str(p) for p in chunk] for chunk in chunked(files, size)]
-            futures = generate_chunk.map(chunks, unmapped(out_dir))
+            futures = generate_chunk.map(chunks)
             results = [result for future in futures for result in future.result()]
         finally:
             _runner = None
@@ -93,7 +94,9 @@ def generate_letters(paths: list[str], out_dir: str = "var/letters") -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the generate-letters flow once.")
     parser.add_argument("paths", nargs="+", help="case files or folders of them")
-    parser.add_argument("--out", default="var/letters", help="output folder")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default $PRIORAUTH_HOME/letters)"
+    )
     args = parser.parse_args(argv)
     summary = generate_letters(paths=args.paths, out_dir=args.out)
     out = Path(summary["out_dir"]).resolve()

@@ -22,6 +22,7 @@ from priorauth.settings import Settings, load_settings
 if TYPE_CHECKING:
     from priorauth.catalog import Product
     from priorauth.dosing import Dose
+    from priorauth.tracking import Actor
 
 
 def run_date() -> date:
@@ -237,6 +238,215 @@ def schema(out_file: Path | None) -> None:
         out_file.write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+# ---- tracking ----------------------------------------------------------------------------
+
+
+def _coordinator(name: str | None) -> Actor:
+    import getpass
+
+    from priorauth.tracking import Actor
+
+    return Actor(
+        (name or os.environ.get("USER") or getpass.getuser())[:64], "coordinator", "coordinator"
+    )
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from priorauth.store import Store
+
+    return Store(settings.db_url)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@main.group()
+def db() -> None:
+    """The tracking database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to the newest migration (also done on first use)."""
+    from priorauth.store import Store, current_revision
+
+    settings = _settings()
+    store = Store(settings.db_url)
+    click.echo(f"database at revision {current_revision(store.engine)}")
+
+
+@main.command()
+@click.argument("case_id")
+@click.option("--method", required=True, type=click.Choice(["fax", "portal", "epa"]))
+@click.option("--reference", default=None, help="The payer's reference or fax confirmation.")
+@click.option("--actor", default=None, help="Who submitted (default: your user name).")
+def submit(case_id: str, method: str, reference: str | None, actor: str | None) -> None:
+    """Record that CASE_ID's packet was sent to the payer (starts the decision clock)."""
+    from priorauth.catalog import load_catalog
+    from priorauth.tracking import submit as record_submission
+
+    settings = _settings()
+    catalog = load_catalog(settings.reference_dir)
+    store = _store(settings)
+    try:
+        with store.session() as session:
+            sub = record_submission(
+                session,
+                case_id,
+                method=method,
+                reference=reference,
+                actor=_coordinator(actor),
+                now=_now(),
+                catalog=catalog,
+            )
+            due = sub.due_by
+    except PriorAuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{case_id} submitted by {method}; decision due by {due:%Y-%m-%d %H:%M} UTC")
+
+
+@main.command()
+@click.argument("case_id")
+@click.argument("new_status", required=False)
+@click.option(
+    "--reason-code", default=None, help="Denial reason code (DOMAIN.md §9) or payer code."
+)
+@click.option("--reason", default=None, help="The payer's words.")
+@click.option("--reference", default=None, help="Authorization number or payer reference.")
+@click.option("--auth-start", type=click.DateTime(["%Y-%m-%d"]), default=None)
+@click.option("--auth-end", type=click.DateTime(["%Y-%m-%d"]), default=None)
+@click.option("--auth-units", type=click.IntRange(0), default=None)
+@click.option("--actor", default=None, help="Who recorded it (default: your user name).")
+@click.option("--json", "as_json", is_flag=True, help="Print {case_id, status, history} as JSON.")
+def status(
+    case_id: str,
+    new_status: str | None,
+    reason_code: str | None,
+    reason: str | None,
+    reference: str | None,
+    auth_start: datetime | None,
+    auth_end: datetime | None,
+    auth_units: int | None,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Show CASE_ID's status and history, or record NEW_STATUS (a payer decision)."""
+    from priorauth.catalog import load_catalog
+    from priorauth.tracking import case_view, set_status
+
+    settings = _settings()
+    store = _store(settings)
+    try:
+        if new_status:
+            catalog = load_catalog(settings.reference_dir)
+            with store.session() as session:
+                set_status(
+                    session,
+                    case_id,
+                    new_status,
+                    actor=_coordinator(actor),
+                    now=_now(),
+                    catalog=catalog,
+                    settings=settings,
+                    reason_code=reason_code,
+                    reason_text=reason,
+                    reference=reference,
+                    auth_start=auth_start.date() if auth_start else None,
+                    auth_end=auth_end.date() if auth_end else None,
+                    auth_units=auth_units,
+                )
+            _drain_outbox(store, settings)
+        with store.session() as session:
+            view = case_view(session, case_id)
+    except PriorAuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    click.echo(
+        f"{view['case_id']}: {view['status']}"
+        + (" (OVERDUE)" if view["overdue"] else "")
+        + (f", due by {view['due_by']}" if view["due_by"] else "")
+        + (f", appeal by {view['appeal_deadline']}" if view["appeal_deadline"] else "")
+    )
+    for h in view["history"]:
+        why = " ".join(x for x in (h["payer_code"], h["reason_code"], h["reason"]) if x)
+        click.echo(
+            f"  {h['at'][:19]}  {h['from'] or '-':>18} -> {h['to']:<18} "
+            f"{h['source']}:{h['actor']}  {why}"
+        )
+    for n in view["notifications"]:
+        error = f"  last error: {n['last_error']}" if n["last_error"] else ""
+        click.echo(
+            f"  notice {n['event']} via {n['channel']}: {n['state']} "
+            f"(attempts {n['attempts']}){error}"
+        )
+    for r in view["payer_responses"]:
+        if r["outcome"] in ("rejection", "refused"):
+            click.echo(f"  payer file {r['file']}: {r['outcome']}: {r['detail']}")
+
+
+def _drain_outbox(store, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """Send queued notices now (the nightly run retries any that fail)."""
+    from priorauth.nightly import NightReport, send_notifications
+
+    report = NightReport()
+    send_notifications(store, settings, _now(), report, _now)
+    if report.notices_failed:
+        click.echo(
+            f"warning: {report.notices_failed} notification(s) failed; "
+            "the nightly run retries them",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--status", "status_filter", default=None, help="Only cases with this status.")
+@click.option("--json", "as_json", is_flag=True)
+def cases(status_filter: str | None, as_json: bool) -> None:
+    """List tracked cases."""
+    from priorauth.tracking import list_cases
+
+    settings = _settings()
+    with _store(settings).session() as session:
+        rows = list_cases(session, status=status_filter)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        flag = " OVERDUE" if r["overdue"] else ""
+        click.echo(
+            f"{r['case_id']:<24} {r['status']:<20} {r['payer_id']:<32} {r['product_id']:<18}{flag}"
+        )
+    click.echo(f"{len(rows)} case(s)")
+
+
+@main.command("nightly")
+def nightly_cmd() -> None:
+    """Run the nightly flow once, now, as a real Prefect flow run."""
+    flow_module = _load_flow("nightly")
+    summary = flow_module.nightly_run()
+    click.echo(json.dumps(summary, indent=2))
+
+
+def _load_flow(name: str):  # type: ignore[no-untyped-def]
+    """Import flows/<name>.py from the repository (flows are not part of the installed core)."""
+    import importlib.util
+
+    from priorauth.settings import REPO_ROOT
+
+    path = REPO_ROOT / "flows" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"priorauth_flows_{name}", path)
+    if spec is None or spec.loader is None:
+        raise click.ClickException(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":  # pragma: no cover

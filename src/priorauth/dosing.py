@@ -1,7 +1,7 @@
 """IVIG dosing exactly as DOMAIN.md section 5 says: weights, basis, vial rounding, billing units.
 
 Plain Decimal arithmetic on one request and one product; it reads no files, decides nothing about
-coverage, and must not import Prefect, click or anything else outside the standard library.
+coverage, and must not import Prefect, click or anything beyond stdlib and priorauth.catalog/errors.
 """
 
 from __future__ import annotations

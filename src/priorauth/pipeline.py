@@ -28,7 +28,7 @@ from priorauth.errors import (
     DosingError,
     FieldError,
 )
-from priorauth.files import sha256_bytes, write_atomic
+from priorauth.files import sha256_bytes, sha256_file, write_atomic
 from priorauth.findings import case_findings
 from priorauth.intake import case_id_for, cross_checks, parse_case_file, validate_case
 from priorauth.packet import assemble_packet, read_attachment
@@ -50,6 +50,10 @@ class CaseResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
     files_written: int = 0
+    # For the tracking store only (held in memory, never logged or handed to Prefect):
+    case: Case | None = field(default=None, repr=False)
+    summary: dict[str, Any] | None = field(default=None, repr=False)
+    case_sha256: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -125,7 +129,9 @@ class Letter:
     warnings: list[dict[str, str]]
 
 
-def build_letter(case: Case, bench: Workbench, case_dir: Path) -> Letter:
+def build_letter(
+    case: Case, bench: Workbench, case_dir: Path, renewal: dict[str, Any] | None = None
+) -> Letter:
     """Dose, word, lay out and assemble one valid case (raises AttachmentError, DosingError)."""
     catalog = bench.catalog
     product = catalog.product(case.request.product_id)
@@ -145,6 +151,7 @@ def build_letter(case: Case, bench: Workbench, case_dir: Path) -> Letter:
     ]
     letter_date = case.prepared_on or bench.today
     ctx = letter_context(case, catalog=catalog, dose=dose, letter_date=letter_date)
+    ctx["renewal"] = renewal
     template, sections = render_letter_text(
         bench.env,
         ctx,
@@ -206,25 +213,37 @@ def _invalid(path: Path, case_id: str, errors: list[FieldError], out_dir: Path) 
         "documents": {},
     }
     written = _write_summary(folder, summary)
-    return CaseResult(case_id, str(path), "invalid", error_dicts, [], int(written))
+    return CaseResult(
+        case_id, str(path), "invalid", error_dicts, [], int(written), case_sha256=sha256_file(path)
+    )
 
 
-def generate_case(path: Path, *, bench: Workbench, out_dir: Path) -> CaseResult:
+def generate_case(
+    path: Path, *, bench: Workbench, out_dir: Path, renewal: dict[str, Any] | None = None
+) -> CaseResult:
     """One case file → DIR/<case_id>/{letter.pdf, packet.pdf, summary.json}, or an invalid summary.
 
     Re-running with the same input rewrites nothing (identical bytes are detected by hash).
+    With `renewal` ({"auth_number", "auth_end"}) it writes a renewal request instead, into
+    DIR/<case_id>/renewal-<auth_end>/.
     """
     data: dict[str, Any] | None = None
     try:
         data = parse_case_file(path)
         case = validate_case(data, catalog=bench.catalog, today=bench.today, case_dir=path.parent)
-        letter = build_letter(case, bench, path.parent)
+        if renewal:
+            case = case.model_copy(
+                update={"request": case.request.model_copy(update={"renewal": True})}
+            )
+        letter = build_letter(case, bench, path.parent, renewal)
     except (CaseFileError, CaseValidationError, AttachmentError) as exc:
         return _invalid(path, case_id_for(path, data), exc.errors, out_dir)
     except DosingError as exc:
         return _invalid(path, case_id_for(path, data), [FieldError("request", str(exc))], out_dir)
 
     folder = out_dir / case.case_id
+    if renewal:
+        folder = folder / f"renewal-{renewal['auth_end']}"
     written = write_atomic(folder / LETTER_FILE, letter.letter_pdf)
     written += write_atomic(folder / PACKET_FILE, letter.packet_pdf)
     request = dose_request(case)
@@ -247,7 +266,17 @@ def generate_case(path: Path, *, bench: Workbench, out_dir: Path) -> CaseResult:
         },
     }
     written += _write_summary(folder, summary)
-    return CaseResult(case.case_id, str(path), "ready", [], letter.warnings, written)
+    return CaseResult(
+        case.case_id,
+        str(path),
+        "ready",
+        [],
+        letter.warnings,
+        written,
+        case=case,
+        summary=summary,
+        case_sha256=sha256_file(path),
+    )
 
 
 def check_case(path: Path, *, bench: Workbench) -> list[FieldError]:

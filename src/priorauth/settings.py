@@ -28,6 +28,23 @@ class Settings(BaseSettings):
     workers: int = Field(2, ge=1, le=64, description="Render processes for batches.")
     chunk_size: int = Field(50, ge=1, le=1000, description="Cases per Prefect task.")
     max_attachment_mb: int = Field(25, ge=1, description="Largest attachment accepted, in MiB.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file $PRIORAUTH_HOME/priorauth.sqlite3."
+    )
+    notify_urls: str = Field("", description="Comma-separated apprise URLs for denial notices.")
+    portal_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of the staff portal, for links in notices."
+    )
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'priorauth.sqlite3').resolve()}"
+
+    def folder(self, name: str) -> Path:
+        """A folder under PRIORAUTH_HOME (intake, responses, quarantine, letters, cases)."""
+        return self.home / name
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,413 @@
+"""The nightly run's steps in order, with no framework: intake and letters → payer responses →
+denial notifications → overdue and expiring authorizations (renewal letters).
+
+Every step is idempotent and crash-safe: our database is the ledger (case file hashes, document
+hashes, a payer-response ledger, a notification outbox), files are written whole or not at all,
+and nothing is deleted (set-aside files move to quarantine/ with a reason file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from priorauth.files import write_atomic
+from priorauth.intake import CASE_SUFFIXES
+from priorauth.notify import NotifyError, channels, send
+from priorauth.pipeline import CaseResult, Workbench, generate_case
+from priorauth.responses import ResponseFileError, parse_response_file
+from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
+from priorauth.tracking import (
+    NIGHTLY,
+    Actor,
+    audit,
+    expire_ended,
+    expiring,
+    flag_overdue,
+    ingest_response,
+    mark_needs_info,
+    record_documents,
+    register_case,
+)
+
+FOLDERS = ("intake", "responses", "quarantine", "letters")
+RESPONSE_SUFFIXES = (".x12", ".278", ".edi", ".txt", ".json", ".csv")
+MAX_SEND_ATTEMPTS = 10
+SEND_LEASE = timedelta(minutes=10)
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash tests: PRIORAUTH_CRASH_AT=<name> kills the process here
+    with SIGKILL, exactly as `kill -9` would. Does nothing otherwise."""
+    if os.environ.get("PRIORAUTH_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class NightReport:
+    """What the night did, by case ID and count only (safe for Prefect artifacts and logs)."""
+
+    accepted: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)  # file names
+    letters: list[str] = field(default_factory=list)
+    needs_info: list[str] = field(default_factory=list)
+    responses: Counter = field(default_factory=Counter)
+    denials: list[dict[str, str]] = field(default_factory=list)
+    notices_sent: int = 0
+    notices_failed: int = 0
+    overdue: list[str] = field(default_factory=list)
+    renewals: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        rows = [
+            {"what": f"status: {k}", "count": v, "cases": ""}
+            for k, v in sorted(self.by_status.items())
+        ]
+        rows += [
+            {"what": "new cases", "count": len(self.accepted), "cases": " ".join(self.accepted)},
+            {"what": "set aside (quarantine)", "count": len(self.quarantined), "cases": ""},
+            {
+                "what": "letters generated",
+                "count": len(self.letters),
+                "cases": " ".join(self.letters),
+            },
+            {
+                "what": "needs info",
+                "count": len(self.needs_info),
+                "cases": " ".join(self.needs_info),
+            },
+            {
+                "what": "denials",
+                "count": len(self.denials),
+                "cases": " ".join(d["case_id"] for d in self.denials),
+            },
+            {"what": "notifications sent", "count": self.notices_sent, "cases": ""},
+            {"what": "notifications failed", "count": self.notices_failed, "cases": ""},
+            {"what": "overdue", "count": len(self.overdue), "cases": " ".join(self.overdue)},
+            {"what": "renewals", "count": len(self.renewals), "cases": " ".join(self.renewals)},
+            {"what": "expired", "count": len(self.expired), "cases": " ".join(self.expired)},
+        ]
+        rows += [
+            {"what": f"responses: {k}", "count": v, "cases": ""}
+            for k, v in sorted(self.responses.items())
+        ]
+        return rows
+
+
+def ensure_folders(home: Path) -> None:
+    for name in (*FOLDERS, "responses/processed"):
+        (home / name).mkdir(parents=True, exist_ok=True)
+
+
+def quarantine(path: Path, reason: str, home: Path) -> Path:
+    """Move a file into quarantine/ beside a `<name>.reason.txt`; nothing is deleted.
+
+    The reason is written first, so a crash leaves the file where it was and the next run
+    quarantines it again with the same reason."""
+    folder = home / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists() and not target.samefile(path):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        target = folder / f"{path.stem}.{digest}{path.suffix}"
+    write_atomic(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
+    os.replace(path, target)
+    return target
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def new_case_files(store: Store, intake: Path) -> list[Path]:
+    """Case files in intake/ whose exact content the store has not registered yet."""
+    files = sorted(p for p in intake.iterdir() if p.is_file() and p.suffix.lower() in CASE_SUFFIXES)
+    if not files:
+        return []
+    with store.session() as session:
+        known = set(session.scalars(select(CaseRow.case_sha256)))
+    return [p for p in files if _file_sha(p) not in known]
+
+
+def record_results(
+    store: Store, results: Iterable[CaseResult], home: Path, now: datetime, report: NightReport
+) -> None:
+    """Register generated cases and their documents; set aside invalid files. One transaction
+    per case, so a crash loses at most the case in flight (regenerated identically next run)."""
+    for result in results:
+        if result.ok:
+            assert result.case is not None and result.summary is not None
+            docs = result.summary["documents"]
+            folder = Path("letters") / result.case_id
+            with store.session() as session:
+                register_case(
+                    session,
+                    result.case,
+                    source_file=result.source,
+                    case_sha256=result.case_sha256 or "",
+                    summary=_tracked(result.summary),
+                    now=now,
+                )
+                record_documents(
+                    session,
+                    result.case_id,
+                    [
+                        ("letter", str(folder / docs["letter"]["file"]), docs["letter"]["sha256"]),
+                        ("packet", str(folder / docs["packet"]["file"]), docs["packet"]["sha256"]),
+                    ],
+                    actor=NIGHTLY,
+                    now=now,
+                )
+            report.accepted.append(result.case_id)
+            report.letters.append(result.case_id)
+            crashpoint("after_case_recorded")
+        else:
+            reason = "\n".join(f"{e['field']}: {e['message']}" for e in result.errors)
+            with store.session() as session:
+                mark_needs_info(session, result.case_id, result.errors, actor=NIGHTLY, now=now)
+                audit(
+                    session,
+                    NIGHTLY,
+                    "intake_quarantined",
+                    "invalid",
+                    now,
+                    detail=Path(result.source).name,
+                )
+            source = Path(result.source)
+            if source.exists():
+                quarantine(source, f"case file set aside: {source.name}\n{reason}", home)
+            report.quarantined.append(source.name)
+            report.needs_info.append(result.case_id)
+
+
+def _tracked(summary: dict[str, Any]) -> dict[str, Any]:
+    """The part of summary.json the store keeps with the case (no patient identifiers)."""
+    keep = (
+        "product",
+        "inputs",
+        "dosing",
+        "warnings",
+        "template",
+        "indication",
+        "clinical_situation",
+    )
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def ingest_responses(
+    store: Store,
+    bench: Workbench,
+    home: Path,
+    now: datetime,
+    report: NightReport,
+    on_denial: Callable[[dict[str, str]], None],
+) -> None:
+    """Every payer file in responses/: applied, then moved to responses/processed/; files that
+    cannot be parsed or hold unmatched responses go to quarantine with the reason."""
+    folder = home / "responses"
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for path in files:
+        if path.suffix.lower() not in RESPONSE_SUFFIXES:
+            quarantine(path, f"{path.name}: not a payer response file type", home)
+            report.responses["file set aside"] += 1
+            continue
+        try:
+            responses = parse_response_file(path)
+        except ResponseFileError as exc:
+            quarantine(path, str(exc), home)
+            report.responses["file set aside"] += 1
+            continue
+        unmatched = []
+        for response in responses:
+            actor = Actor(f"payer-file:{path.name}"[:64], "payer_file", "payer")
+            with store.session() as session:
+                ingested = ingest_response(
+                    session,
+                    response,
+                    catalog=bench.catalog,
+                    settings=bench.settings,
+                    now=now,
+                    actor=actor,
+                )
+                if ingested.adverse:
+                    row = session.get(CaseRow, ingested.case_id)
+                    assert row is not None and ingested.change is not None
+                    denial = {
+                        "case_id": row.case_id,
+                        "status": str(row.status),
+                        "reason_code": ingested.change.reason_code or "",
+                        "appeal_deadline": str(row.appeal_deadline),
+                    }
+            if ingested.adverse:  # after the commit: the denial is on record
+                report.denials.append(denial)
+                on_denial(denial)
+            outcome = ingested.outcome
+            report.responses[outcome] += 1
+            crashpoint("after_response_applied")
+            if outcome == "unmatched":
+                unmatched.append(response.index)
+        if unmatched:
+            quarantine(
+                path,
+                f"{path.name}: no case matches response(s) {unmatched} by trace "
+                "number, payer reference or member ID + HCPCS + dates",
+                home,
+            )
+        else:
+            target = folder / "processed" / path.name
+            os.replace(path, target)
+
+
+def send_notifications(
+    store: Store, settings: Any, now: datetime, report: NightReport, clock: Callable[[], datetime]
+) -> None:
+    """Drain the outbox. A row is claimed (pending|failed → sending) before it is handed to the
+    channel and marked sent after; a crash in between leaves it `sending`, and it is sent again
+    (same Message-ID) once its lease runs out. A second process never takes a claimed row."""
+    urls = {hashlib.sha256(u.encode()).hexdigest(): u for u in channels(settings.notify_urls)}
+    with store.session() as session:
+        ids = list(
+            session.scalars(
+                select(NotificationRow.id)
+                .where(
+                    NotificationRow.state.in_(["pending", "failed", "sending"]),
+                    NotificationRow.attempts < MAX_SEND_ATTEMPTS,
+                )
+                .order_by(NotificationRow.id)
+            )
+        )
+    for notice_id in ids:
+        claim_time = clock()
+        with store.session() as session:
+            claimed = session.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == notice_id)
+                .where(
+                    (NotificationRow.state.in_(["pending", "failed"]))
+                    | (
+                        (NotificationRow.state == "sending")
+                        & (NotificationRow.claimed_at < claim_time - SEND_LEASE)
+                    )
+                )
+                .values(
+                    state="sending", claimed_at=claim_time, attempts=NotificationRow.attempts + 1
+                )
+            ).rowcount
+            row = session.get(NotificationRow, notice_id) if claimed else None
+        if row is None:
+            continue
+        url = urls.get(row.url_sha256)
+        error = None
+        if url is None:
+            error = "channel no longer configured in PRIORAUTH_NOTIFY_URLS"
+        else:
+            crashpoint("before_send")
+            try:
+                send(url, row.title, row.body, dedup_key=row.dedup_key)
+            except NotifyError as exc:
+                error = str(exc)
+            crashpoint("after_send")
+        with store.session() as session:
+            fresh = session.get(NotificationRow, notice_id)
+            assert fresh is not None
+            if error is None:
+                fresh.state, fresh.sent_at, fresh.last_error = "sent", clock(), None
+                audit(
+                    session,
+                    NIGHTLY,
+                    "notification_sent",
+                    "ok",
+                    clock(),
+                    case_id=fresh.case_id,
+                    detail=fresh.channel,
+                )
+                report.notices_sent += 1
+            else:
+                fresh.state, fresh.last_error = "failed", error
+                audit(
+                    session,
+                    NIGHTLY,
+                    "notification_failed",
+                    "error",
+                    clock(),
+                    case_id=fresh.case_id,
+                    detail=f"{fresh.channel}: {error}",
+                )
+                report.notices_failed += 1
+
+
+def renew(
+    store: Store, bench: Workbench, home: Path, today: date, now: datetime, report: NightReport
+) -> None:
+    """Renewal letters for authorizations ending within the renewal window (DOMAIN.md §8)."""
+    with store.session() as session:
+        due = [
+            (r.case_id, r.source_file, r.auth_number, r.auth_end)
+            for r in expiring(session, today, bench.catalog.renewal_lead_days)
+        ]
+    for case_id, source, auth_number, auth_end in due:
+        renewal = {"auth_number": auth_number, "auth_end": auth_end}
+        result = generate_case(Path(source), bench=bench, out_dir=home / "letters", renewal=renewal)
+        if not result.ok or result.summary is None:
+            with store.session() as session:
+                audit(
+                    session,
+                    NIGHTLY,
+                    "renewal_letter",
+                    "error",
+                    now,
+                    case_id=case_id,
+                    detail="; ".join(e["field"] for e in result.errors),
+                )
+            continue
+        docs = result.summary["documents"]
+        folder = Path("letters") / case_id / f"renewal-{auth_end}"
+        with store.session() as session:
+            record_documents(
+                session,
+                case_id,
+                [
+                    (
+                        "renewal_letter",
+                        str(folder / docs["letter"]["file"]),
+                        docs["letter"]["sha256"],
+                    ),
+                    (
+                        "renewal_packet",
+                        str(folder / docs["packet"]["file"]),
+                        docs["packet"]["sha256"],
+                    ),
+                ],
+                actor=NIGHTLY,
+                now=now,
+            )
+        report.renewals.append(case_id)
+
+
+def finish(store: Store, today: date, now: datetime, report: NightReport) -> None:
+    with store.session() as session:
+        report.expired = expire_ended(session, today, now)
+        report.overdue = flag_overdue(session, now)
+        report.by_status = dict(
+            session.execute(select(CaseRow.status, func.count()).group_by(CaseRow.status)).all()
+        )
+        documents = session.scalar(select(func.count(DocumentRow.id))) or 0
+        audit(
+            session,
+            NIGHTLY,
+            "nightly_run",
+            "ok",
+            now,
+            detail=f"cases={sum(report.by_status.values())} documents={documents}",
+        )

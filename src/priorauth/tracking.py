@@ -1,0 +1,665 @@
+"""Tracking rules over the store: cases, letter versions, submissions, status changes through the
+state machine, payer responses, the denial-notification outbox and the audit log.
+
+Functions take an open Session (one transaction) and an explicit `now`; they never commit, send
+or touch files. Callers (CLI, nightly run, portal) own the transaction and the side effects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from priorauth.catalog import Catalog
+from priorauth.domain import Case
+from priorauth.errors import PriorAuthError
+from priorauth.notify import DenialNotice, appeal_deadline, channel_label, channels, render_notice
+from priorauth.statuses import ADVERSE, AUTHORIZED, AWAITING_DECISION, Status, check_transition
+from priorauth.store import (
+    AuditRow,
+    CaseRow,
+    DocumentRow,
+    NotificationRow,
+    PayerResponseRow,
+    StatusChangeRow,
+    SubmissionRow,
+)
+
+
+class UnknownCase(PriorAuthError):
+    """Raised when a case ID is not in the store."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who or what makes a change: a coordinator (user name), a payer file, the nightly run."""
+
+    name: str
+    source: str  # coordinator | payer_file | nightly | portal
+    role: str | None = None
+    client: str | None = None
+
+
+NIGHTLY = Actor("nightly", "nightly", "system")
+
+
+def get_case(session: Session, case_id: str, *, lock: bool = False) -> CaseRow:
+    stmt = select(CaseRow).where(CaseRow.case_id == case_id)
+    if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.scalars(stmt).first()
+    if row is None:
+        raise UnknownCase(f"unknown case {case_id}")
+    return row
+
+
+def audit(
+    session: Session,
+    actor: Actor,
+    action: str,
+    outcome: str,
+    now: datetime,
+    *,
+    case_id: str | None = None,
+    document_id: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """Append one audit row (no names or diagnoses in `detail`)."""
+    session.add(
+        AuditRow(
+            at=now,
+            actor=actor.name,
+            role=actor.role,
+            action=action,
+            case_id=case_id,
+            document_id=document_id,
+            outcome=outcome,
+            client=actor.client,
+            detail=detail,
+        )
+    )
+
+
+def register_case(
+    session: Session,
+    case: Case,
+    *,
+    source_file: str,
+    case_sha256: str,
+    summary: dict[str, Any] | None,
+    now: datetime,
+    actor: Actor = NIGHTLY,
+) -> CaseRow:
+    """Insert a new case as draft, or refresh the stored copy of a corrected case file."""
+    row = session.get(CaseRow, case.case_id)
+    fields = {
+        "source_file": source_file,
+        "case_sha256": case_sha256,
+        "payer_id": case.coverage.payer_id,
+        "product_id": case.request.product_id,
+        "hcpcs": (summary or {}).get("product", {}).get("hcpcs", ""),
+        "indication": case.indication,
+        "urgent": case.request.urgent,
+        "patient_name": f"{case.patient.first_name} {case.patient.last_name}",
+        "date_of_birth": case.patient.date_of_birth,
+        "member_id": case.coverage.member_id,
+        "service_start": case.request.start_date,
+        "units_requested": (summary or {}).get("dosing", {}).get("billing_units_in_authorization"),
+        "summary": summary,
+        "errors": None,
+        "updated_at": now,
+    }
+    if row is None:
+        row = CaseRow(case_id=case.case_id, status=Status.DRAFT, created_at=now, **fields)
+        session.add(row)
+        session.add(
+            StatusChangeRow(
+                case_id=case.case_id,
+                from_status=None,
+                to_status=Status.DRAFT,
+                at=now,
+                source=actor.source,
+                actor=actor.name,
+                reason_text="case received",
+            )
+        )
+        session.flush()
+        audit(session, actor, "case_registered", "ok", now, case_id=case.case_id)
+    elif row.case_sha256 != case_sha256:
+        for key, value in fields.items():
+            setattr(row, key, value)
+        audit(session, actor, "case_updated", "ok", now, case_id=case.case_id)
+    return row
+
+
+def transition(
+    session: Session,
+    row: CaseRow,
+    new: Status | str,
+    *,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog | None = None,
+    settings: Any = None,
+    payer_code: str | None = None,
+    reason_code: str | None = None,
+    reason_text: str | None = None,
+    reference: str | None = None,
+    response_key: str | None = None,
+) -> StatusChangeRow:
+    """Move a case through the state machine (IllegalTransition changes nothing), record the
+    change in the history and the audit log, and queue denial notices for adverse decisions."""
+    target = check_transition(row.status, new)
+    change = StatusChangeRow(
+        case_id=row.case_id,
+        from_status=row.status,
+        to_status=target,
+        at=now,
+        source=actor.source,
+        actor=actor.name,
+        payer_code=payer_code,
+        reason_code=reason_code,
+        reason_text=reason_text,
+        reference=reference,
+        response_key=response_key,
+    )
+    session.add(change)
+    row.status = target
+    row.updated_at = now
+    if target not in AWAITING_DECISION:
+        row.overdue_since = None
+    session.flush()
+    audit(
+        session,
+        actor,
+        "status_change",
+        "ok",
+        now,
+        case_id=row.case_id,
+        detail=f"{change.from_status}->{target}",
+    )
+    if target in ADVERSE and catalog is not None:
+        payer = catalog.payer(row.payer_id)
+        row.appeal_deadline = appeal_deadline(now.date(), catalog.rules_for(payer).appeal_days)
+        if settings is not None:
+            queue_denial_notices(
+                session, row, change, payer_name=payer.name, settings=settings, now=now
+            )
+    return change
+
+
+def queue_denial_notices(
+    session: Session,
+    row: CaseRow,
+    change: StatusChangeRow,
+    *,
+    payer_name: str,
+    settings: Any,
+    now: datetime,
+) -> int:
+    """One outbox row per configured channel for this decision; the dedup key makes it once."""
+    assert row.appeal_deadline is not None
+    notice = DenialNotice(
+        case_id=row.case_id,
+        payer_name=payer_name,
+        status=str(change.to_status),
+        reason_code=change.reason_code,
+        reason_text=change.reason_text,
+        decided_on=change.at.date(),
+        appeal_deadline=row.appeal_deadline,
+        portal_url=f"{settings.portal_url.rstrip('/')}/cases/{row.case_id}",
+        certification_number=change.reference,
+    )
+    title, body = render_notice(notice)
+    queued = 0
+    for url in channels(settings.notify_urls):
+        url_sha = hashlib.sha256(url.encode()).hexdigest()
+        key = f"denial:{row.case_id}:{change.id}:{url_sha[:16]}"
+        exists = session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key))
+        if exists:
+            continue
+        session.add(
+            NotificationRow(
+                dedup_key=key,
+                case_id=row.case_id,
+                event=str(change.to_status),
+                channel=channel_label(url),
+                url_sha256=url_sha,
+                state="pending",
+                title=title,
+                body=body,
+                created_at=now,
+            )
+        )
+        queued += 1
+    session.flush()
+    return queued
+
+
+def record_documents(
+    session: Session,
+    case_id: str,
+    documents: list[tuple[str, str, str]],
+    *,
+    actor: Actor,
+    now: datetime,
+) -> list[DocumentRow]:
+    """Record (kind, path, sha256) documents; a new version only when the bytes changed.
+    Moves a draft or needs_info case to ready."""
+    rows = []
+    for kind, path, sha in documents:
+        existing = session.scalars(
+            select(DocumentRow).where(
+                DocumentRow.case_id == case_id, DocumentRow.kind == kind, DocumentRow.sha256 == sha
+            )
+        ).first()
+        if existing is None:
+            version = (
+                session.scalar(
+                    select(func.max(DocumentRow.version)).where(
+                        DocumentRow.case_id == case_id, DocumentRow.kind == kind
+                    )
+                )
+                or 0
+            ) + 1
+            existing = DocumentRow(
+                case_id=case_id, kind=kind, version=version, path=path, sha256=sha, created_at=now
+            )
+            session.add(existing)
+            session.flush()
+            audit(
+                session,
+                actor,
+                "generate",
+                "ok",
+                now,
+                case_id=case_id,
+                document_id=existing.id,
+                detail=f"{kind} v{version}",
+            )
+        rows.append(existing)
+    row = get_case(session, case_id)
+    if row.status in (Status.DRAFT, Status.NEEDS_INFO):
+        transition(
+            session,
+            row,
+            Status.READY,
+            actor=actor,
+            now=now,
+            reason_text="letter and packet generated",
+        )
+    return rows
+
+
+def mark_needs_info(
+    session: Session, case_id: str, errors: list[dict[str, str]], *, actor: Actor, now: datetime
+) -> None:
+    row = session.get(CaseRow, case_id)
+    if row is None:
+        return
+    row.errors = errors
+    if row.status == Status.DRAFT:
+        fields = ", ".join(e["field"] for e in errors)
+        transition(
+            session,
+            row,
+            Status.NEEDS_INFO,
+            actor=actor,
+            now=now,
+            reason_text=f"cannot generate: {fields}",
+        )
+
+
+def submit(
+    session: Session,
+    case_id: str,
+    *,
+    method: str,
+    reference: str | None,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog,
+) -> SubmissionRow:
+    """Record that the packet went to the payer; the decision clock starts now."""
+    row = get_case(session, case_id, lock=True)
+    payer = catalog.payer(row.payer_id)
+    rules = catalog.rules_for(payer)
+    hours = rules.decision_hours_urgent if row.urgent else rules.decision_hours_standard
+    due_by = now + timedelta(hours=hours)
+    transition(
+        session,
+        row,
+        Status.SUBMITTED,
+        actor=actor,
+        now=now,
+        reference=reference,
+        reason_text=f"submitted by {method}",
+    )
+    submission = SubmissionRow(
+        case_id=case_id,
+        payer_id=payer.id,
+        method=method,
+        reference=reference,
+        submitted_at=now,
+        due_by=due_by,
+        actor=actor.name,
+    )
+    session.add(submission)
+    row.payer_reference = reference or row.payer_reference
+    row.due_by = due_by
+    row.overdue_since = None
+    session.flush()
+    return submission
+
+
+def set_status(
+    session: Session,
+    case_id: str,
+    status: Status | str,
+    *,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog,
+    settings: Any,
+    reason_code: str | None = None,
+    reason_text: str | None = None,
+    reference: str | None = None,
+    payer_code: str | None = None,
+    response_key: str | None = None,
+    auth_start: date | None = None,
+    auth_end: date | None = None,
+    auth_units: int | None = None,
+) -> StatusChangeRow:
+    """A decision or other status change, from a coordinator or a payer file."""
+    row = get_case(session, case_id, lock=True)
+    change = transition(
+        session,
+        row,
+        status,
+        actor=actor,
+        now=now,
+        catalog=catalog,
+        settings=settings,
+        payer_code=payer_code,
+        reason_code=reason_code,
+        reason_text=reason_text,
+        reference=reference,
+        response_key=response_key,
+    )
+    if change.to_status in AUTHORIZED:
+        row.auth_number = reference or row.auth_number
+        row.auth_start = auth_start or row.auth_start
+        row.auth_end = auth_end or row.auth_end
+        row.auth_units = auth_units if auth_units is not None else row.auth_units
+    return change
+
+
+# ---- payer responses ---------------------------------------------------------------------
+
+
+def match_case(session: Session, response: Any) -> tuple[CaseRow | None, str | None]:
+    """Our trace number (case ID) first, then the payer reference recorded at submission, then
+    member ID + HCPCS (+ service start when both sides have it)."""
+    if response.case_id:
+        row = session.get(CaseRow, response.case_id)
+        if row is not None:
+            return row, "trace_number"
+    if response.payer_reference:
+        row = session.scalars(
+            select(CaseRow).where(CaseRow.payer_reference == response.payer_reference)
+        ).first()
+        if row is not None:
+            return row, "payer_reference"
+    if response.member_id and response.hcpcs:
+        conditions = [CaseRow.member_id == response.member_id, CaseRow.hcpcs == response.hcpcs]
+        if response.service_start:
+            conditions.append(
+                or_(
+                    CaseRow.service_start.is_(None), CaseRow.service_start == response.service_start
+                )
+            )
+        rows = session.scalars(select(CaseRow).where(and_(*conditions))).all()
+        if len(rows) == 1:
+            return rows[0], "member_hcpcs_dates"
+    return None, None
+
+
+def ingest_response(
+    session: Session, response: Any, *, catalog: Catalog, settings: Any, now: datetime, actor: Actor
+) -> str:
+    """Apply one parsed payer response; the ledger makes a second ingestion a no-op.
+
+    Returns the outcome: applied | no_change | rejection | unmatched | refused | duplicate.
+    """
+    seen = session.scalar(
+        select(PayerResponseRow.id).where(PayerResponseRow.dedup_key == response.dedup_key)
+    )
+    if seen:
+        return "duplicate"
+    row, matched_by = match_case(session, response)
+
+    def ledger(outcome: str, detail: str | None = None) -> str:
+        session.add(
+            PayerResponseRow(
+                dedup_key=response.dedup_key,
+                source_file=response.source,
+                case_id=row.case_id if row else None,
+                matched_by=matched_by,
+                outcome=outcome,
+                detail=detail,
+                at=now,
+            )
+        )
+        session.flush()
+        return outcome
+
+    if row is None:
+        return ledger(
+            "unmatched",
+            "no case matches the trace number, payer reference or member ID + HCPCS + dates",
+        )
+    if response.kind == "rejection":
+        errors = "; ".join(f"{code}: {text}" for code, text in response.rejection_errors)
+        audit(session, actor, "payer_rejection", "error", now, case_id=row.case_id, detail=errors)
+        return ledger("rejection", errors or "transaction rejected")
+    if response.status is None or Status(response.status) == row.status:
+        return ledger("no_change", f"already {row.status}")
+    try:
+        change = set_status(
+            session,
+            row.case_id,
+            response.status,
+            actor=actor,
+            now=now,
+            catalog=catalog,
+            settings=settings,
+            reason_code=response.reason_code,
+            reason_text=response.reason_text,
+            reference=response.certification_number,
+            payer_code=response.action_code,
+            response_key=response.dedup_key,
+            auth_start=response.authorized_start,
+            auth_end=response.authorized_end,
+            auth_units=response.authorized_units,
+        )
+    except PriorAuthError as exc:
+        audit(
+            session,
+            actor,
+            "payer_response_refused",
+            "error",
+            now,
+            case_id=row.case_id,
+            detail=str(exc),
+        )
+        return ledger("refused", str(exc))
+    if response.payer_reference and not row.payer_reference:
+        row.payer_reference = response.payer_reference
+    return ledger("applied", f"{response.action_code} -> {response.status}", change)
+
+
+# ---- the nightly checks ------------------------------------------------------------------
+
+
+def flag_overdue(session: Session, now: datetime, actor: Actor = NIGHTLY) -> list[str]:
+    """Cases awaiting a decision past the payer's deadline; newly overdue ones are stamped."""
+    rows = session.scalars(
+        select(CaseRow).where(
+            CaseRow.status.in_([str(s) for s in AWAITING_DECISION]), CaseRow.due_by < now
+        )
+    ).all()
+    for row in rows:
+        if row.overdue_since is None:
+            row.overdue_since = now
+            audit(session, actor, "overdue", "flagged", now, case_id=row.case_id)
+    return sorted(row.case_id for row in rows)
+
+
+def expiring(session: Session, today: date, lead_days: int) -> list[CaseRow]:
+    """Live authorizations ending within `lead_days` (the renewal window)."""
+    return list(
+        session.scalars(
+            select(CaseRow)
+            .where(
+                CaseRow.status.in_([str(s) for s in AUTHORIZED]),
+                CaseRow.auth_end.is_not(None),
+                CaseRow.auth_end >= today,
+                CaseRow.auth_end <= today + timedelta(days=lead_days),
+            )
+            .order_by(CaseRow.case_id)
+        ).all()
+    )
+
+
+def expire_ended(session: Session, today: date, now: datetime, actor: Actor = NIGHTLY) -> list[str]:
+    rows = session.scalars(
+        select(CaseRow).where(
+            CaseRow.status.in_([str(s) for s in AUTHORIZED]), CaseRow.auth_end < today
+        )
+    ).all()
+    for row in rows:
+        transition(
+            session,
+            row,
+            Status.EXPIRED,
+            actor=actor,
+            now=now,
+            reason_text=f"authorization ended {row.auth_end}",
+        )
+    return [row.case_id for row in rows]
+
+
+# ---- views ---------------------------------------------------------------------------------
+
+
+def case_view(session: Session, case_id: str) -> dict[str, Any]:
+    """What `priorauth status CASE_ID --json` prints: status, history, notices, responses."""
+    row = get_case(session, case_id)
+    history = session.scalars(
+        select(StatusChangeRow)
+        .where(StatusChangeRow.case_id == case_id)
+        .order_by(StatusChangeRow.id)
+    ).all()
+    notices = session.scalars(
+        select(NotificationRow)
+        .where(NotificationRow.case_id == case_id)
+        .order_by(NotificationRow.id)
+    ).all()
+    responses = session.scalars(
+        select(PayerResponseRow)
+        .where(PayerResponseRow.case_id == case_id)
+        .order_by(PayerResponseRow.id)
+    ).all()
+    documents = session.scalars(
+        select(DocumentRow)
+        .where(DocumentRow.case_id == case_id)
+        .order_by(DocumentRow.kind, DocumentRow.version)
+    ).all()
+    iso = lambda value: value.isoformat() if value else None  # noqa: E731
+    return {
+        "case_id": row.case_id,
+        "status": row.status,
+        "payer_id": row.payer_id,
+        "product_id": row.product_id,
+        "hcpcs": row.hcpcs,
+        "payer_reference": row.payer_reference,
+        "due_by": iso(row.due_by),
+        "overdue": row.overdue_since is not None,
+        "appeal_deadline": iso(row.appeal_deadline),
+        "authorization": {
+            "number": row.auth_number,
+            "start": iso(row.auth_start),
+            "end": iso(row.auth_end),
+            "units": row.auth_units,
+        },
+        "errors": row.errors or [],
+        "history": [
+            {
+                "at": iso(h.at),
+                "from": h.from_status,
+                "to": h.to_status,
+                "source": h.source,
+                "actor": h.actor,
+                "payer_code": h.payer_code,
+                "reason_code": h.reason_code,
+                "reason": h.reason_text,
+                "reference": h.reference,
+            }
+            for h in history
+        ],
+        "notifications": [
+            {
+                "channel": n.channel,
+                "event": n.event,
+                "state": n.state,
+                "attempts": n.attempts,
+                "last_error": n.last_error,
+                "sent_at": iso(n.sent_at),
+            }
+            for n in notices
+        ],
+        "payer_responses": [
+            {
+                "file": r.source_file,
+                "outcome": r.outcome,
+                "matched_by": r.matched_by,
+                "detail": r.detail,
+                "at": iso(r.at),
+            }
+            for r in responses
+        ],
+        "documents": [
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "version": d.version,
+                "sha256": d.sha256,
+                "path": d.path,
+                "created_at": iso(d.created_at),
+            }
+            for d in documents
+        ],
+    }
+
+
+def list_cases(session: Session, *, status: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(CaseRow).order_by(CaseRow.case_id)
+    if status:
+        stmt = stmt.where(CaseRow.status == status)
+    return [
+        {
+            "case_id": r.case_id,
+            "status": r.status,
+            "payer_id": r.payer_id,
+            "product_id": r.product_id,
+            "due_by": r.due_by.isoformat() if r.due_by else None,
+            "overdue": r.overdue_since is not None,
+            "auth_end": r.auth_end.isoformat() if r.auth_end else None,
+        }
+        for r in session.scalars(stmt)
+    ]
