@@ -27,6 +27,11 @@ ATTACHMENTS = FIXTURES / "attachments"
 TODAY = date(2026, 11, 25)
 BASE_CASE = CASES / "ms-dmt-failure-privigen.yaml"
 
+# CI points PRIORAUTH_DATABASE_URL at a PostgreSQL server; tests that need one read it here,
+# then make a database of their own on that server.
+PG_URL = os.environ.get("PRIORAUTH_DATABASE_URL", "")
+PG_URL = PG_URL if PG_URL.startswith("postgresql") else ""
+
 # A developer's own settings must never change results.
 for name in list(os.environ):
     if name.startswith("PRIORAUTH_") or name in {"PREFECT_API_URL", "SOURCE_DATE_EPOCH"}:
@@ -45,10 +50,7 @@ def bench() -> Workbench:
 
 
 def base_case_data() -> dict[str, Any]:
-    data = yaml.safe_load(BASE_CASE.read_text(encoding="utf-8"))
-    for attachment in data.get("attachments", []):  # make paths absolute: tests move case files
-        attachment["path"] = str((CASES / attachment["path"]).resolve())
-    return data
+    return yaml.safe_load(BASE_CASE.read_text(encoding="utf-8"))
 
 
 def make_case(**overrides: Any) -> dict[str, Any]:
@@ -73,11 +75,54 @@ def make_case(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def write_case(tmp_path: Path):
-    """Write a case mapping to a YAML file in a temp folder and return its path."""
+    """Write a case mapping to TMP/cases/<name>.yaml beside a copy of the fixture attachments
+    (TMP/attachments/, which the cases' ../attachments/ paths reach) and return its path."""
+    import shutil
+
+    shutil.copytree(ATTACHMENTS, tmp_path / "attachments", dirs_exist_ok=True)
+    (tmp_path / "cases").mkdir(exist_ok=True)
 
     def write(data: dict[str, Any], name: str | None = None) -> Path:
-        path = tmp_path / (name or f"{data.get('case_id', 'case')}.yaml")
+        path = tmp_path / "cases" / (name or f"{data.get('case_id', 'case')}.yaml")
         path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return path
 
     return write
+
+
+def _fresh_pg_database(base_url: str) -> tuple[str, callable]:
+    """A new, empty database on the server of `base_url`; returns its URL and a dropper."""
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    name = f"priorauth_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> Any:
+    """A fresh, empty tracking database: SQLite always, PostgreSQL when CI configures one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'priorauth.sqlite3'}"
+        return
+    if not PG_URL:
+        pytest.skip(
+            "PostgreSQL not configured: set PRIORAUTH_DATABASE_URL=postgresql+psycopg://… (CI does)"
+        )
+    url, drop = _fresh_pg_database(PG_URL)
+    try:
+        yield url
+    finally:
+        drop()

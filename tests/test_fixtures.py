@@ -27,7 +27,7 @@ EXPECTED_FIELD = {
     "bad-ms-without-situation.yaml": "clinical_situation",
     "bad-not-yaml.yaml": "(file)",
     "bad-npi-check-digit.yaml": "prescriber.npi",
-    "bad-therapy-stop-before-start.yaml": "prior_therapies[2]",
+    "bad-therapy-stop-before-start.yaml": "prior_therapies[2].stop",
     "bad-top-level-list.json": "(file)",
     "bad-unknown-payer.yaml": "coverage.payer_id",
     "bad-unknown-product.yaml": "request.product_id",

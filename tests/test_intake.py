@@ -78,7 +78,9 @@ def test_every_error_is_reported_at_once(catalog) -> None:
         ({"patient.date_of_birth": "2030-01-01"}, "patient.date_of_birth", "in the future"),
         ({"patient.date_of_birth": "1890-01-01"}, "patient.date_of_birth", "over 120 years"),
         ({"patient.date_of_birth": "14/03/1986"}, "patient.date_of_birth", "YYYY-MM-DD"),
-        ({"prior_therapies.0.stop": "2016-01-01"}, "prior_therapies[0]", "stop is before start"),
+        ({"prior_therapies.0.stop": "2016-01-01"}, "prior_therapies[0].stop", "is before start"),
+        ({"patient.conditions": ["hyperprolinaemia"]}, "patient.conditions", "unknown condition"),
+        ({"patient.height": {"value": 95, "unit": "cm"}}, "patient", "BMI"),
         ({"prior_therapies.0.start": ...}, "prior_therapies[0]", "needs the date"),
         ({"prior_therapies.0.outcome": "meh"}, "prior_therapies[0].outcome", "failure"),
         ({"clinical.relapses.0.date": "2027-03-01"}, "clinical.relapses[0].date", "in the future"),
@@ -109,10 +111,18 @@ def test_one_error_each(catalog, overrides, field, words) -> None:
 
 
 def test_attachments_are_checked_relative_to_the_case_file(catalog, tmp_path: Path) -> None:
+    case_dir = tmp_path / "cases"
+    case_dir.mkdir()
     data = make_case(**{"attachments.0.path": "missing.pdf", "attachments.1.path": "notes.docx"})
-    errors = errors_of(data, catalog, case_dir=tmp_path)
+    data["attachments"] += [
+        {"title": "elsewhere", "kind": "other", "path": "../../../../etc/x.pdf"},
+        {"title": "absolute", "kind": "other", "path": "/etc/x.pdf"},
+    ]
+    errors = errors_of(data, catalog, case_dir=case_dir)
     assert errors["attachments[0].path"] == "file not found: missing.pdf"
     assert errors["attachments[1].path"] == "must be a PDF file"
+    assert "inside the case file's folder" in errors["attachments[2].path"]
+    assert "inside the case file's folder" in errors["attachments[3].path"]
 
 
 def test_messages_never_echo_patient_identifiers(catalog) -> None:
@@ -157,12 +167,13 @@ def test_not_utf8(tmp_path: Path) -> None:
         parse_case_file(path)
 
 
-def test_yaml_and_json_give_the_same_case(catalog, tmp_path: Path) -> None:
+def test_yaml_and_json_give_the_same_case(catalog, write_case) -> None:
     data = make_case()
-    json_path = tmp_path / "case.json"
+    yaml_path = write_case(data)
+    json_path = yaml_path.with_suffix(".json")
     json_path.write_text(json.dumps(data, default=str), encoding="utf-8")
     from_json = load_case(json_path, catalog=catalog, today=TODAY)
-    assert from_json == validate_case(data, catalog=catalog, today=TODAY)
+    assert from_json == load_case(yaml_path, catalog=catalog, today=TODAY)
 
 
 def test_case_id_for_unreadable_files_is_safe(tmp_path: Path) -> None:

@@ -195,6 +195,8 @@ def test_templates_from_most_to_least_specific(letters) -> None:
     for case, template in chosen.values():
         if case.indication == "ms" and case.coverage.payer_id != "evergreen-medicare-advantage":
             assert template == f"ms-{case.clinical_situation}.j2"
+        if case.indication == "ms" and case.coverage.payer_id == "evergreen-medicare-advantage":
+            assert template == "payers/evergreen-medicare-advantage/ms.j2"
         if case.indication in ("itp", "myasthenia-gravis"):
             assert template == "generic.j2"
         if case.indication == "cidp":
@@ -215,7 +217,8 @@ def test_payer_override_changes_only_its_block(bench, write_case) -> None:
     assert letter.template == "payers/evergreen-medicare-advantage/ms.j2"
     words = flat(pdf_text(letter.letter_pdf))
     assert "72-hour Part B decision time frame" in words
-    assert "randomized" in words  # the MS rationale block is inherited
+    assert "evidence for IVIG in progressive disease" in words  # the situation's rationale stays
+    assert "The criteria for IVIG in MS are met" in words  # and ms.j2's criteria block
 
 
 def _encrypted(tmp_path: Path) -> Path:
@@ -245,7 +248,7 @@ def _encrypted(tmp_path: Path) -> Path:
 )
 def test_bad_attachment_sets_the_case_aside(bench, tmp_path: Path, write_case, make, words) -> None:
     bad = make(tmp_path)
-    data = make_case(**{"attachments.1.path": str(bad)})
+    data = make_case(**{"attachments.1.path": f"../{bad.name}"})
     path = write_case(data)
     out = tmp_path / "out"
     result = generate_case(path, bench=bench, out_dir=out)

@@ -103,14 +103,20 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
 
 def template_candidates(payer_id: str, indication: str, situation: str | None) -> list[str]:
     """Template names from most to least specific."""
-    names = []
-    if situation:
-        names.append(f"payers/{payer_id}/{indication}-{situation}.j2")
-    names.append(f"payers/{payer_id}/{indication}.j2")
-    if situation:
-        names.append(f"{indication}-{situation}.j2")
-    names += [f"{indication}.j2", "generic.j2"]
-    return names
+    return [
+        *payer_candidates(payer_id, indication, situation),
+        *general_candidates(indication, situation),
+    ]
+
+
+def payer_candidates(payer_id: str, indication: str, situation: str | None) -> list[str]:
+    names = [f"payers/{payer_id}/{indication}-{situation}.j2"] if situation else []
+    return [*names, f"payers/{payer_id}/{indication}.j2"]
+
+
+def general_candidates(indication: str, situation: str | None) -> list[str]:
+    names = [f"{indication}-{situation}.j2"] if situation else []
+    return [*names, f"{indication}.j2", "generic.j2"]
 
 
 def split_sections(text: str) -> list[Section]:
@@ -154,9 +160,17 @@ def render_letter_text(
     indication: str,
     situation: str | None,
 ) -> tuple[str, list[Section]]:
-    """Render the most specific template for the case; return its name and the sections."""
-    template = env.select_template(template_candidates(payer_id, indication, situation))
-    return str(template.name), split_sections(template.render(context))
+    """Render the most specific template for the case; return its name and the sections.
+
+    A payer template extends `parent`, the most specific general template for the case, so a
+    payer's override keeps the situation's wording and changes only its own blocks."""
+    general = env.select_template(general_candidates(indication, situation))
+    try:
+        template = env.select_template(payer_candidates(payer_id, indication, situation))
+    except jinja2.TemplatesNotFound:
+        template = general
+    text = template.render({**context, "parent": general.name})
+    return str(template.name), split_sections(text)
 
 
 BASIS_LABELS = {
@@ -205,6 +219,12 @@ def letter_context(case: Any, *, catalog: Any, dose: Any, letter_date: date) -> 
             "first_name": patient.first_name,
             "last_name": patient.last_name,
             "title": "Ms." if female else "Mr.",
+            # "Ms. Whitfield" for adults; children are called by their full name.
+            "formal": (
+                f"{'Ms.' if female else 'Mr.'} {patient.last_name}"
+                if age >= 18
+                else f"{patient.first_name} {patient.last_name}"
+            ),
             "possessive": "her" if female else "his",
             "pronoun": "she" if female else "he",
             "age": age,

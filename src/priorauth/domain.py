@@ -102,6 +102,17 @@ class Patient(_Model):
 
     _future = field_validator("weight_measured_on")(_not_future)
 
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        catalog = (info.context or {}).get("catalog")
+        if catalog is not None:
+            unknown = [c for c in value if c not in catalog.contraindication_labels]
+            if unknown:
+                known = ", ".join(sorted(catalog.contraindication_labels))
+                raise ValueError(f"unknown condition(s) {unknown}; known: {known}")
+        return value
+
     @field_validator("date_of_birth")
     @classmethod
     def _born(cls, value: date, info: ValidationInfo) -> date:
@@ -116,7 +127,7 @@ class Patient(_Model):
     def _bmi(self) -> Patient:
         metres = self.height.cm / 100
         bmi = self.weight.kg / (metres * metres)
-        if not Decimal(8) <= bmi <= Decimal(120):
+        if not Decimal(8) <= bmi <= Decimal(90):
             raise ValueError(
                 f"weight and height give a BMI of {bmi:.0f}, which is not plausible; "
                 "check both values and their units"
@@ -237,14 +248,21 @@ class PriorTherapy(_Model):
     reason: Text = Field(description='The specific reason, e.g. "breakthrough relapse on month 9".')
     dose: Text | None = None
 
-    _future = field_validator("start", "stop")(_not_future)
+    _future = field_validator("start")(_not_future)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: date | None, info: ValidationInfo) -> date | None:
+        value = _not_future(value, info)
+        start = info.data.get("start")
+        if value is not None and start is not None and value < start:
+            raise ValueError("is before start")
+        return value
 
     @model_validator(mode="after")
     def _dates(self) -> PriorTherapy:
         if self.outcome != "contraindication" and self.start is None:
             raise ValueError(f"a {self.outcome} needs the date the therapy started")
-        if self.start and self.stop and self.stop < self.start:
-            raise ValueError("stop is before start")
         return self
 
 

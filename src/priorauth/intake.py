@@ -131,10 +131,21 @@ def cross_checks(case: Case, catalog: Catalog, case_dir: Path | None) -> list[Fi
         before_birth(f"clinical.relapses[{i}].date", relapse.date)
     before_birth("patient.weight_measured_on", case.patient.weight_measured_on)
     if case_dir is not None:
+        # Attachments sit beside the case file or in a sibling folder (../attachments/x.pdf);
+        # a case file must not reach anywhere else on the machine.
+        allowed_root = case_dir.resolve().parent
         for i, attachment in enumerate(case.attachments):
+            resolved = (case_dir / attachment.path).resolve()
             if not attachment.path.lower().endswith(".pdf"):
                 errors.append(FieldError(f"attachments[{i}].path", "must be a PDF file"))
-            elif not (case_dir / attachment.path).is_file():
+            elif Path(attachment.path).is_absolute() or not resolved.is_relative_to(allowed_root):
+                errors.append(
+                    FieldError(
+                        f"attachments[{i}].path",
+                        "must be a relative path inside the case file's folder or a sibling folder",
+                    )
+                )
+            elif not resolved.is_file():
                 errors.append(
                     FieldError(f"attachments[{i}].path", f"file not found: {attachment.path}")
                 )

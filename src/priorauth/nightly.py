@@ -9,12 +9,13 @@ and nothing is deleted (set-aside files move to quarantine/ with a reason file).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy import func, select, update
 from priorauth.files import write_atomic
 from priorauth.intake import CASE_SUFFIXES
 from priorauth.notify import NotifyError, channels, send
-from priorauth.pipeline import CaseResult, Workbench, generate_case
+from priorauth.pipeline import BatchRunner, CaseResult, Workbench, chunked, generate_case
 from priorauth.responses import ResponseFileError, parse_response_file
 from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
 from priorauth.tracking import (
@@ -68,6 +69,22 @@ class NightReport:
     renewals: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and case IDs for logs, the flow's return value and `priorauth nightly`."""
+        return {
+            "by_status": self.by_status,
+            "new_cases": len(self.accepted),
+            "quarantined": len(self.quarantined),
+            "letters": len(self.letters),
+            "denials": [d["case_id"] for d in self.denials],
+            "notices_sent": self.notices_sent,
+            "notices_failed": self.notices_failed,
+            "overdue": self.overdue,
+            "renewals": self.renewals,
+            "expired": self.expired,
+            "responses": dict(self.responses),
+        }
 
     def table(self) -> list[dict[str, Any]]:
         rows = [
@@ -411,3 +428,67 @@ def finish(store: Store, today: date, now: datetime, report: NightReport) -> Non
             now,
             detail=f"cases={sum(report.by_status.values())} documents={documents}",
         )
+
+
+def _each(fn: Callable[[list[Path]], Any], chunks: list[list[Path]]) -> list[Any]:
+    return [fn(chunk) for chunk in chunks]
+
+
+def _call(name: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def run_night(
+    settings: Any,
+    now: datetime,
+    *,
+    on_denial: Callable[[dict[str, str]], None] = lambda denial: None,
+    step: Callable[[str, Callable[[], Any]], Any] = _call,
+    map_chunks: Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]] = _each,
+) -> NightReport:
+    """One night's work over $PRIORAUTH_HOME, step by step. The Prefect flow passes `step` and
+    `map_chunks` to make each step (and each chunk of new cases) a task run; without them the
+    steps run inline (tests, benchmarks, `python -m priorauth.nightly`)."""
+    home = settings.home
+    ensure_folders(home)
+    store = Store(settings.db_url)
+    report = NightReport()
+    bench = Workbench.build(settings, now.date())
+    try:
+        files = step("find-new-cases", lambda: new_case_files(store, home / "intake"))
+        if files:
+            size = max(1, min(settings.chunk_size, -(-len(files) // (settings.workers * 2))))
+            workers = max(1, min(settings.workers, -(-len(files) // size)))
+            run_settings = settings.model_copy(update={"workers": workers})
+            with BatchRunner(run_settings, today=now.date(), out_dir=home / "letters") as runner:
+
+                def letters_chunk(paths: list[Path]) -> list[str]:
+                    results = runner.run_chunk(paths)
+                    record_results(store, results, home, now, report)
+                    return [r.case_id for r in results]
+
+                map_chunks(letters_chunk, list(chunked(files, size)))
+        step(
+            "payer-responses", lambda: ingest_responses(store, bench, home, now, report, on_denial)
+        )
+        step(
+            "notifications",
+            lambda: send_notifications(store, settings, now, report, lambda: datetime.now(UTC)),
+        )
+        step(
+            "renewals-and-deadlines",
+            lambda: (
+                renew(store, bench, home, now.date(), now, report),
+                finish(store, now.date(), now, report),
+            ),
+        )
+    finally:
+        store.dispose()
+    return report
+
+
+if __name__ == "__main__":  # the nightly steps without Prefect: crash tests and benchmarks
+    from priorauth.settings import load_settings
+
+    night = run_night(load_settings(), datetime.now(UTC))
+    print(json.dumps(night.summary()))

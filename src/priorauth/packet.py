@@ -7,6 +7,7 @@ reported as AttachmentError for that case only. It must not render pages itself 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from pypdf.errors import PyPdfError
 from priorauth.errors import AttachmentError
 
 MAX_ATTACHMENT_PAGES = 200
+# pypdf logs each repair it makes to a broken file; our AttachmentError is the one report.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

@@ -303,7 +303,7 @@ def _prior_therapies(ctx: dict[str, Any], s: dict[str, ParagraphStyle]) -> Table
         if t.start:
             end = t.stop or ctx["letter_date"]
             months = (end.year - t.start.year) * 12 + end.month - t.start.month
-            duration = f"{months} mo" if months >= 1 else f"{(end - t.start).days} d"
+            duration = f"{months} mo" if months >= 1 else f"{(end - t.start).days + 1} d"
         drug = t.drug + (f" ({t.dose})" if t.dose else "")
         rows.append(
             _cells(

@@ -429,21 +429,33 @@ def match_case(session: Session, response: Any) -> tuple[CaseRow | None, str | N
     return None, None
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """What became of one payer response; `change` is set when a status changed."""
+
+    outcome: str  # applied | no_change | rejection | unmatched | refused | duplicate
+    case_id: str | None = None
+    change: StatusChangeRow | None = None
+
+    @property
+    def adverse(self) -> bool:
+        return self.change is not None and self.change.to_status in ADVERSE
+
+
 def ingest_response(
     session: Session, response: Any, *, catalog: Catalog, settings: Any, now: datetime, actor: Actor
-) -> str:
-    """Apply one parsed payer response; the ledger makes a second ingestion a no-op.
-
-    Returns the outcome: applied | no_change | rejection | unmatched | refused | duplicate.
-    """
+) -> Ingested:
+    """Apply one parsed payer response; the ledger makes a second ingestion a no-op."""
     seen = session.scalar(
         select(PayerResponseRow.id).where(PayerResponseRow.dedup_key == response.dedup_key)
     )
     if seen:
-        return "duplicate"
+        return Ingested("duplicate")
     row, matched_by = match_case(session, response)
 
-    def ledger(outcome: str, detail: str | None = None) -> str:
+    def ledger(
+        outcome: str, detail: str | None = None, change: StatusChangeRow | None = None
+    ) -> Ingested:
         session.add(
             PayerResponseRow(
                 dedup_key=response.dedup_key,
@@ -456,7 +468,7 @@ def ingest_response(
             )
         )
         session.flush()
-        return outcome
+        return Ingested(outcome, row.case_id if row else None, change)
 
     if row is None:
         return ledger(

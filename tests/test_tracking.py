@@ -1,0 +1,482 @@
+"""The tracking store on SQLite and PostgreSQL: migrations, the state machine applied, documents
+versions, submissions and deadlines, the outbox, the payer-response ledger, the audit log."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from conftest import CASES, TODAY
+from priorauth.intake import load_case
+from priorauth.responses import PayerResponse
+from priorauth.settings import load_settings
+from priorauth.statuses import IllegalTransition, Status
+from priorauth.store import (
+    AuditRow,
+    CaseRow,
+    DocumentRow,
+    NotificationRow,
+    StatusChangeRow,
+    Store,
+    current_revision,
+    head_revision,
+)
+from priorauth.tracking import (
+    NIGHTLY,
+    Actor,
+    case_view,
+    expire_ended,
+    expiring,
+    flag_overdue,
+    ingest_response,
+    record_documents,
+    register_case,
+    set_status,
+    submit,
+)
+
+NOW = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+COORDINATOR = Actor("jdoe", "coordinator", "coordinator")
+
+
+@pytest.fixture
+def store(db_url: str):
+    store = Store(db_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return load_settings(
+        home=tmp_path, notify_urls="json://127.0.0.1:9/a, mailto://127.0.0.1:9?from=pa@example.org&to=x@example.org"
+    )
+
+
+def add_case(
+    store: Store, catalog, name: str = "ms-dmt-failure-privigen.yaml", *, ready: bool = True
+) -> str:
+    path = CASES / name
+    case = load_case(path, catalog=catalog, today=TODAY)
+    with store.session() as session:
+        register_case(
+            session,
+            case,
+            source_file=str(path),
+            case_sha256="sha-" + name,
+            summary={"product": {"hcpcs": catalog.product(case.request.product_id).hcpcs}},
+            now=NOW,
+        )
+        if ready:
+            record_documents(
+                session,
+                case.case_id,
+                [("letter", "l.pdf", "a" * 64), ("packet", "p.pdf", "b" * 64)],
+                actor=NIGHTLY,
+                now=NOW,
+            )
+    return case.case_id
+
+
+def response(**fields) -> PayerResponse:
+    base = dict(
+        source="r.x12",
+        index=0,
+        format="x12-278",
+        kind="decision",
+        case_id=None,
+        payer_reference=None,
+        member_id=None,
+        hcpcs=None,
+        service_start=None,
+        service_end=None,
+        action_code="A3",
+        status=Status.DENIED,
+        on_appeal=False,
+        payer_reason_code="N",
+        reason_code="STEP_THERAPY_NOT_MET",
+        reason_text="Preferred agents must be tried first",
+        certification_number=None,
+        authorized_start=None,
+        authorized_end=None,
+        authorized_units=None,
+        decision_date=None,
+        rejection_errors=(),
+        dedup_key="k1",
+    )
+    base.update(fields)
+    return PayerResponse(**base)
+
+
+def test_migrations_run_on_first_use_and_are_idempotent(db_url: str) -> None:
+    store = Store(db_url)
+    assert current_revision(store.engine) == head_revision(db_url)
+    Store(db_url).dispose()  # a second open is a no-op
+    assert current_revision(store.engine) == head_revision(db_url)
+    store.dispose()
+
+
+def test_audit_log_is_append_only(store: Store) -> None:
+    with store.session() as session:
+        session.add(AuditRow(at=NOW, actor="t", action="test", outcome="ok"))
+    for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+        with pytest.raises(Exception, match="append-only"), store.session() as session:
+            session.execute(text(statement))
+    with store.session() as session:
+        assert session.scalar(select(AuditRow.actor)) == "t"
+
+
+def test_case_reaches_ready_with_history_and_versions(store: Store, catalog) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        view = case_view(session, case_id)
+        assert view["status"] == "ready"
+        assert [(h["from"], h["to"]) for h in view["history"]] == [
+            (None, "draft"),
+            ("draft", "ready"),
+        ]
+        # Same bytes again: no new version. New bytes: version 2, the first kept.
+        record_documents(session, case_id, [("letter", "l.pdf", "a" * 64)], actor=NIGHTLY, now=NOW)
+        record_documents(session, case_id, [("letter", "l.pdf", "c" * 64)], actor=NIGHTLY, now=NOW)
+        versions = session.execute(
+            select(DocumentRow.kind, DocumentRow.version)
+            .where(DocumentRow.kind == "letter")
+            .order_by(DocumentRow.version)
+        ).all()
+        assert versions == [("letter", 1), ("letter", 2)]
+
+
+@pytest.mark.parametrize(
+    ("case_file", "urgent", "hours"),
+    [
+        ("ms-dmt-failure-privigen.yaml", False, 360),  # commercial: 15 days
+        ("ms-dmt-failure-privigen.yaml", True, 72),
+    ],  # commercial urgent: 72 hours
+)
+def test_submission_sets_the_decision_deadline(store, catalog, case_file, urgent, hours) -> None:
+    case_id = add_case(store, catalog, case_file)
+    with store.session() as session:
+        session.get(CaseRow, case_id).urgent = urgent
+    with store.session() as session:
+        sub = submit(
+            session,
+            case_id,
+            method="fax",
+            reference="FX-1",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+        assert sub.due_by == NOW + timedelta(hours=hours)
+        assert session.get(CaseRow, case_id).status == "submitted"
+
+
+def test_medicare_advantage_deadline_is_72_hours(store, catalog) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        session.get(CaseRow, case_id).payer_id = "evergreen-medicare-advantage"
+    with store.session() as session:
+        sub = submit(
+            session,
+            case_id,
+            method="portal",
+            reference=None,
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+        assert sub.due_by - NOW == timedelta(hours=72)
+
+
+def test_illegal_transition_changes_nothing(store, catalog, settings) -> None:
+    case_id = add_case(store, catalog)
+    with (
+        pytest.raises(IllegalTransition, match="cannot move from ready to approved"),
+        store.session() as session,
+    ):
+        set_status(
+            session,
+            case_id,
+            "approved",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+            settings=settings,
+        )
+    with store.session() as session:
+        assert session.get(CaseRow, case_id).status == "ready"
+        assert session.scalar(select(func.count(StatusChangeRow.id))) == 2
+
+
+def test_denial_sets_appeal_deadline_and_queues_one_notice_per_channel(
+    store, catalog, settings
+) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session,
+            case_id,
+            method="fax",
+            reference="FX-1",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+        set_status(
+            session,
+            case_id,
+            "denied",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+            settings=settings,
+            reason_code="EXPERIMENTAL_INVESTIGATIONAL",
+            reason_text="IVIG for MS is investigational",
+        )
+    with store.session() as session:
+        row = session.get(CaseRow, case_id)
+        assert row.appeal_deadline == date(2026, 11, 25) + timedelta(days=180)  # commercial
+        notices = session.scalars(select(NotificationRow)).all()
+        assert sorted(n.channel.split(":")[0] for n in notices) == ["json", "mailto"]
+        for notice in notices:
+            assert case_id in notice.body and "2027-05-24" in notice.body
+            for secret in (row.patient_name, row.member_id, row.date_of_birth.isoformat(), "G35"):
+                assert secret not in notice.body and secret not in notice.title
+
+
+def test_payer_response_applied_once(store, catalog, settings) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session,
+            case_id,
+            method="fax",
+            reference="FX-1",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+    payer = Actor("payer-file:r.x12", "payer_file", "payer")
+    with store.session() as session:
+        first = ingest_response(
+            session,
+            response(case_id=case_id),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=payer,
+        )
+    with store.session() as session:
+        second = ingest_response(
+            session,
+            response(case_id=case_id),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=payer,
+        )
+    assert (first.outcome, first.adverse) == ("applied", True)
+    assert second.outcome == "duplicate"
+    with store.session() as session:
+        assert (
+            session.scalar(
+                select(func.count(StatusChangeRow.id)).where(StatusChangeRow.to_status == "denied")
+            )
+            == 1
+        )
+        assert session.scalar(select(func.count(NotificationRow.id))) == 2
+        history = case_view(session, case_id)["history"][-1]
+        assert (history["payer_code"], history["reason_code"], history["source"]) == (
+            "A3",
+            "STEP_THERAPY_NOT_MET",
+            "payer_file",
+        )
+
+
+def test_matching_order(store, catalog, settings) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session,
+            case_id,
+            method="fax",
+            reference="PAYER-77",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+        row = session.get(CaseRow, case_id)
+        member, hcpcs = row.member_id, row.hcpcs
+    payer = Actor("payer", "payer_file")
+    with store.session() as session:
+        by_ref = ingest_response(
+            session,
+            response(
+                payer_reference="PAYER-77",
+                action_code="A4",
+                status=Status.PENDING,
+                dedup_key="k-ref",
+            ),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=payer,
+        )
+        by_member = ingest_response(
+            session,
+            response(
+                member_id=member,
+                hcpcs=hcpcs,
+                action_code="A1",
+                status=Status.APPROVED,
+                certification_number="AUTH-9",
+                authorized_start=date(2026, 12, 1),
+                authorized_end=date(2027, 5, 29),
+                authorized_units=2100,
+                dedup_key="k-mem",
+            ),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=payer,
+        )
+        nobody = ingest_response(
+            session,
+            response(case_id="NOPE", dedup_key="k-none"),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=payer,
+        )
+    assert [by_ref.outcome, by_member.outcome, nobody.outcome] == [
+        "applied",
+        "applied",
+        "unmatched",
+    ]
+    with store.session() as session:
+        view = case_view(session, case_id)
+        assert [r["matched_by"] for r in view["payer_responses"]] == [
+            "payer_reference",
+            "member_hcpcs_dates",
+        ]
+        assert view["status"] == "approved"
+        assert view["authorization"] == {
+            "number": "AUTH-9",
+            "start": "2026-12-01",
+            "end": "2027-05-29",
+            "units": 2100,
+        }
+
+
+def test_rejection_is_not_a_denial(store, catalog, settings) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session,
+            case_id,
+            method="epa",
+            reference=None,
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+        got = ingest_response(
+            session,
+            response(
+                case_id=case_id,
+                kind="rejection",
+                status=None,
+                action_code=None,
+                rejection_errors=(("72", "invalid member ID"),),
+            ),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=Actor("payer", "payer_file"),
+        )
+    assert got.outcome == "rejection" and not got.adverse
+    with store.session() as session:
+        view = case_view(session, case_id)
+        assert view["status"] == "submitted"
+        assert view["payer_responses"][0]["detail"] == "72: invalid member ID"
+        assert session.scalar(select(func.count(NotificationRow.id))) == 0
+
+
+def test_overdue_and_expiry(store, catalog, settings) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session,
+            case_id,
+            method="fax",
+            reference=None,
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+        )
+    with store.session() as session:
+        assert flag_overdue(session, NOW + timedelta(days=14)) == []
+        assert flag_overdue(session, NOW + timedelta(days=16)) == [case_id]
+    with store.session() as session:
+        set_status(
+            session,
+            case_id,
+            "approved",
+            actor=COORDINATOR,
+            now=NOW,
+            catalog=catalog,
+            settings=settings,
+            reference="AUTH-1",
+            auth_start=date(2026, 12, 1),
+            auth_end=date(2027, 5, 29),
+            auth_units=2100,
+        )
+        assert session.get(CaseRow, case_id).overdue_since is None
+    with store.session() as session:
+        assert expiring(session, date(2027, 4, 28), 30) == []
+        assert [r.case_id for r in expiring(session, date(2027, 4, 29), 30)] == [case_id]
+        assert expire_ended(session, date(2027, 5, 30), NOW) == [case_id]
+        assert session.get(CaseRow, case_id).status == "expired"
+
+
+def test_two_coordinators_submit_the_same_case_at_once(store, catalog) -> None:
+    case_id = add_case(store, catalog)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def coordinator(name: str) -> None:
+        barrier.wait()
+        try:
+            with store.session() as session:
+                submit(
+                    session,
+                    case_id,
+                    method="fax",
+                    reference=name,
+                    now=NOW,
+                    catalog=catalog,
+                    actor=Actor(name, "coordinator"),
+                )
+            outcomes.append("submitted")
+        except IllegalTransition:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=coordinator, args=(n,)) for n in ("ann", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused", "submitted"]
+    with store.session() as session:
+        assert (
+            session.scalar(
+                select(func.count(StatusChangeRow.id)).where(
+                    StatusChangeRow.to_status == "submitted"
+                )
+            )
+            == 1
+        )
