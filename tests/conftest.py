@@ -29,8 +29,10 @@ BASE_CASE = CASES / "ms-dmt-failure-privigen.yaml"
 
 # CI points PRIORAUTH_DATABASE_URL at a PostgreSQL server; tests that need one read it here,
 # then make a database of their own on that server.
-PG_URL = os.environ.get("PRIORAUTH_DATABASE_URL", "")
+# (kept under another name so xdist workers, which inherit the scrubbed environment, see it too)
+PG_URL = os.environ.get("PRIORAUTH_DATABASE_URL") or os.environ.get("_PRIORAUTH_TEST_PG_URL", "")
 PG_URL = PG_URL if PG_URL.startswith("postgresql") else ""
+os.environ["_PRIORAUTH_TEST_PG_URL"] = PG_URL
 
 # A developer's own settings must never change results.
 for name in list(os.environ):

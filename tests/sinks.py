@@ -74,11 +74,11 @@ class _FreePortController(Controller):
 
 
 @contextmanager
-def smtp_sink() -> Iterator[SmtpSink]:
-    """An aiosmtpd server on 127.0.0.1:<free port> that accepts and keeps every message."""
-    sink = SmtpSink(LOOPBACK, 0)
+def smtp_sink(port: int = 0) -> Iterator[SmtpSink]:
+    """An aiosmtpd server on 127.0.0.1:<port> (default: a free one) that keeps every message."""
+    sink = SmtpSink(LOOPBACK, port)
     controller = _FreePortController(
-        _Collector(sink), hostname=LOOPBACK, port=0, server_hostname="sink.localhost"
+        _Collector(sink), hostname=LOOPBACK, port=port, server_hostname="sink.localhost"
     )
     controller.start()
     sink.port = controller.port

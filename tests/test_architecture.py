@@ -52,5 +52,15 @@ def test_published_json_schema_is_current() -> None:
 
 def test_cli_commands_are_documented() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for command in ["priorauth letter", "priorauth dose", "priorauth check", "priorauth schema"]:
+    for command in [
+        "priorauth letter",
+        "priorauth dose",
+        "priorauth check",
+        "priorauth schema",
+        "priorauth nightly",
+        "priorauth submit",
+        "priorauth status",
+        "priorauth cases",
+        "priorauth db upgrade",
+    ]:
         assert command in readme

@@ -90,3 +90,52 @@ def test_flow_run_generates_every_fixture_and_keeps_phi_out_of_prefect(harness, 
     assert "MS-1001" in stored  # case IDs are what Prefect sees
     leaked = [s for s in _phi_strings() if s in stored]
     assert leaked == []
+
+
+def test_nightly_flow_run(harness, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from prefect.client.orchestration import get_client
+
+    import flows.nightly as nightly_flow
+    from conftest import ATTACHMENTS, FIXTURES
+
+    home = tmp_path / "home"
+    (home / "intake").mkdir(parents=True)
+    shutil.copytree(ATTACHMENTS, home / "attachments")
+    for path in sorted(CASES.iterdir())[:5]:
+        shutil.copy(path, home / "intake" / path.name)
+    shutil.copy(INVALID / "bad-npi-check-digit.yaml", home / "intake")
+    (home / "responses").mkdir()
+    shutil.copy(FIXTURES / "responses" / "malformed" / "garbage.json", home / "responses")
+    monkeypatch.setenv("PRIORAUTH_HOME", str(home))
+    monkeypatch.setenv("PRIORAUTH_WORKERS", "2")
+
+    state = nightly_flow.nightly_run(return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["by_status"] == {"ready": 5}
+    assert summary["quarantined"] == 1
+    assert summary["responses"] == {"file set aside": 1}
+    assert (home / "quarantine" / "garbage.json.reason.txt").exists()
+    assert (home / "priorauth.sqlite3").exists()
+    assert len(list((home / "letters").glob("*/packet.pdf"))) == 5
+
+    async def records() -> str:
+        async with get_client() as client:
+            run = await client.read_flow_run(state.state_details.flow_run_id)
+            artifacts = await client.read_artifacts()
+            logs = await client.read_logs()
+            return json.dumps(
+                {
+                    "parameters": run.parameters,
+                    "artifacts": [a.data for a in artifacts if a.key == "nightly-summary"],
+                    "logs": [log.message for log in logs],
+                },
+                default=str,
+            )
+
+    stored = asyncio.run(records())
+    assert json.loads(stored)["parameters"] == {}
+    assert "new cases" in stored
+    assert [s for s in _phi_strings() if s in stored] == []

@@ -578,7 +578,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 def test_x12_envelope_and_segment_checks(tmp_path: Path, old: str, new: str, reason: str) -> None:
     assert old in GOOD
     path = write(tmp_path, "variant.x12", GOOD.replace(old, new, 1))
-    with pytest.raises(ResponseFileError, match="^variant.x12: ") as info:
+    with pytest.raises(ResponseFileError, match=r"^variant\.x12: ") as info:
         parse(path)
     assert reason in str(info.value)
 
@@ -592,7 +592,7 @@ def test_event_without_decision_or_rejection_is_refused_not_skipped(tmp_path: Pa
 def test_service_level_rejection_leaves_other_services_decided(tmp_path: Path) -> None:
     text = (RESPONSES / "evergreen-batch-20261211.x12").read_text(encoding="utf-8")
     text = text.replace("SV1*HC:96366**UN*18~\n", "SV1*HC:96366**UN*18~\nAAA*N**AG*C~\n", 1)
-    text = text.replace("SE*29*0001", "SE*30*0001")
+    text = text.replace("SE*25*0001", "SE*26*0001")
     first, second = parse(write(tmp_path, "svc-aaa.x12", text))[:2]
     assert (first.kind, first.status, first.hcpcs) == ("decision", Status.APPROVED, "J1459")
     assert (second.kind, second.status, second.hcpcs) == ("rejection", None, "96366")
@@ -650,9 +650,9 @@ def test_bad_files_raise_response_file_error(
 
 def test_too_big_and_unreadable_files(tmp_path: Path) -> None:
     big = write(tmp_path, "big.x12", b"ISA" + b" " * MAX_RESPONSE_FILE_BYTES)
-    with pytest.raises(ResponseFileError, match="big.x12: larger than 5,000,000 bytes"):
+    with pytest.raises(ResponseFileError, match=r"big\.x12: larger than 5,000,000 bytes"):
         parse(big)
-    with pytest.raises(ResponseFileError, match="gone.json: cannot read"):
+    with pytest.raises(ResponseFileError, match=r"gone\.json: cannot read"):
         parse(tmp_path / "gone.json")
 
 
@@ -719,12 +719,14 @@ def test_broken_denial_reasons_file_is_a_reference_data_error(tmp_path: Path) ->
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(["responses", "case_id", "decision", "action_code", "authorized_units"])
-        | st.text(max_size=8),
-        children,
-        max_size=4,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["responses", "case_id", "decision", "action_code", "authorized_units"])
+            | st.text(max_size=8),
+            children,
+            max_size=4,
+        )
     ),
     max_leaves=20,
 )

@@ -53,7 +53,8 @@ def store(db_url: str):
 @pytest.fixture
 def settings(tmp_path: Path):
     return load_settings(
-        home=tmp_path, notify_urls="json://127.0.0.1:9/a, mailto://127.0.0.1:9?from=pa@example.org&to=x@example.org"
+        home=tmp_path,
+        notify_urls="json://127.0.0.1:9/a, mailto://127.0.0.1:9?from=pa@example.org&to=x@example.org",
     )
 
 

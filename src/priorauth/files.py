@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -44,3 +45,10 @@ def write_atomic(path: Path, data: bytes) -> bool:
     finally:
         os.close(dir_fd)
     return True
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash tests: PRIORAUTH_CRASH_AT=<name> kills this process here
+    with SIGKILL, exactly as `kill -9` would. Does nothing otherwise."""
+    if os.environ.get("PRIORAUTH_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from priorauth.files import write_atomic
+from priorauth.files import crashpoint, write_atomic
 from priorauth.intake import CASE_SUFFIXES
-from priorauth.notify import NotifyError, channels, send
+from priorauth.notify import NotifyError, channel_key, channels, send
 from priorauth.pipeline import BatchRunner, CaseResult, Workbench, chunked, generate_case
 from priorauth.responses import ResponseFileError, parse_response_file
 from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
@@ -44,13 +44,6 @@ FOLDERS = ("intake", "responses", "quarantine", "letters")
 RESPONSE_SUFFIXES = (".x12", ".278", ".edi", ".txt", ".json", ".csv")
 MAX_SEND_ATTEMPTS = 10
 SEND_LEASE = timedelta(minutes=10)
-
-
-def crashpoint(name: str) -> None:
-    """Fault injection for the crash tests: PRIORAUTH_CRASH_AT=<name> kills the process here
-    with SIGKILL, exactly as `kill -9` would. Does nothing otherwise."""
-    if os.environ.get("PRIORAUTH_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -286,13 +279,35 @@ def ingest_responses(
             os.replace(path, target)
 
 
+def _claimable(row: NotificationRow, now: datetime) -> bool:
+    """pending and failed rows are; a `sending` row only when its sender is gone: a process on
+    this host that no longer exists (it crashed), or a lease older than SEND_LEASE."""
+    if row.state in ("pending", "failed"):
+        return True
+    if row.state != "sending":
+        return False
+    if row.claimed_at is None or row.claimed_at < now - SEND_LEASE:
+        return True
+    host, _, pid = (row.claimed_by or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True  # that sender crashed: resend (same Message-ID/dedup header)
+        except PermissionError:
+            return False
+        return int(pid) == os.getpid()
+    return False
+
+
 def send_notifications(
     store: Store, settings: Any, now: datetime, report: NightReport, clock: Callable[[], datetime]
 ) -> None:
-    """Drain the outbox. A row is claimed (pending|failed → sending) before it is handed to the
-    channel and marked sent after; a crash in between leaves it `sending`, and it is sent again
-    (same Message-ID) once its lease runs out. A second process never takes a claimed row."""
-    urls = {hashlib.sha256(u.encode()).hexdigest(): u for u in channels(settings.notify_urls)}
+    """Drain the outbox. A row is claimed (pending|failed → sending, guarded by its state and
+    attempt count, so two processes never both take it) before it is handed to the channel, and
+    marked sent after. A crash in between leaves it `sending`: the next run sends it again (same
+    dedup header and References) once its sender is known dead or its lease has run out."""
+    urls = {channel_key(u): u for u in channels(settings.notify_urls)}
     with store.session() as session:
         ids = list(
             session.scalars(
@@ -304,27 +319,29 @@ def send_notifications(
                 .order_by(NotificationRow.id)
             )
         )
+    me = f"{socket.gethostname()}:{os.getpid()}"
     for notice_id in ids:
         claim_time = clock()
         with store.session() as session:
+            current = session.get(NotificationRow, notice_id)
+            if current is None or not _claimable(current, claim_time):
+                continue
             claimed = session.execute(
                 update(NotificationRow)
                 .where(NotificationRow.id == notice_id)
-                .where(
-                    (NotificationRow.state.in_(["pending", "failed"]))
-                    | (
-                        (NotificationRow.state == "sending")
-                        & (NotificationRow.claimed_at < claim_time - SEND_LEASE)
-                    )
-                )
+                .where(NotificationRow.state == current.state)
+                .where(NotificationRow.attempts == current.attempts)
                 .values(
-                    state="sending", claimed_at=claim_time, attempts=NotificationRow.attempts + 1
+                    state="sending",
+                    claimed_at=claim_time,
+                    claimed_by=me,
+                    attempts=NotificationRow.attempts + 1,
                 )
             ).rowcount
             row = session.get(NotificationRow, notice_id) if claimed else None
         if row is None:
             continue
-        url = urls.get(row.url_sha256)
+        url = urls.get(row.channel_key)
         error = None
         if url is None:
             error = "channel no longer configured in PRIORAUTH_NOTIFY_URLS"

@@ -28,7 +28,7 @@ from priorauth.errors import (
     DosingError,
     FieldError,
 )
-from priorauth.files import sha256_bytes, sha256_file, write_atomic
+from priorauth.files import crashpoint, sha256_bytes, sha256_file, write_atomic
 from priorauth.findings import case_findings
 from priorauth.intake import case_id_for, cross_checks, parse_case_file, validate_case
 from priorauth.packet import assemble_packet, read_attachment
@@ -245,6 +245,7 @@ def generate_case(
     if renewal:
         folder = folder / f"renewal-{renewal['auth_end']}"
     written = write_atomic(folder / LETTER_FILE, letter.letter_pdf)
+    crashpoint("after_letter_written")
     written += write_atomic(folder / PACKET_FILE, letter.packet_pdf)
     request = dose_request(case)
     summary = {

@@ -669,7 +669,8 @@ class _TransactionReader:
         return None
 
     def _units(self, near: list[_Loop]) -> int | None:
-        """Certified quantity: SV1/SV2 in units (UN), else HSD units (FL) or visits (VS)."""
+        """Certified quantity in billing units: SV1/SV2 in units (UN), else HSD units (FL).
+        HSD*VS counts visits (infusions), not 500 mg units, so it is never read as units."""
         value, what = None, ""
         service = near[0] if near[0].level == HL_SERVICE else None
         if service is not None:
@@ -680,7 +681,7 @@ class _TransactionReader:
             elif sv2 is not None:
                 value, what = _v(sv2, "SV205"), "SV205"
         if value is None:
-            for qualifier in ("FL", "VS"):
+            for qualifier in ("FL",):
                 hsd = _first(near, "HSD", lambda s, q=qualifier: _v(s, "HSD01") == q)
                 if hsd is not None:
                     value, what = _v(hsd, "HSD02"), "HSD02"

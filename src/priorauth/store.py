@@ -177,9 +177,12 @@ class NotificationRow(Base):
     case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), index=True)
     event: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(200))  # secret-free label
-    url_sha256: Mapped[str] = mapped_column(String(64))  # which configured URL, without storing it
+    channel_key: Mapped[str] = mapped_column(
+        String(240)
+    )  # notify.channel_key: which URL, no secret
     state: Mapped[str] = mapped_column(String(16), index=True)  # pending|sending|sent|failed
     claimed_at: Mapped[datetime | None]  # when a sender took it (a lease against a second sender)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of that sender
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text)

@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session
 from priorauth.catalog import Catalog
 from priorauth.domain import Case
 from priorauth.errors import PriorAuthError
-from priorauth.notify import DenialNotice, appeal_deadline, channel_label, channels, render_notice
+from priorauth.notify import (
+    DenialNotice,
+    appeal_deadline,
+    channel_key,
+    channel_label,
+    channels,
+    render_notice,
+)
 from priorauth.statuses import ADVERSE, AUTHORIZED, AWAITING_DECISION, Status, check_transition
 from priorauth.store import (
     AuditRow,
@@ -218,8 +225,10 @@ def queue_denial_notices(
     title, body = render_notice(notice)
     queued = 0
     for url in channels(settings.notify_urls):
-        url_sha = hashlib.sha256(url.encode()).hexdigest()
-        key = f"denial:{row.case_id}:{change.id}:{url_sha[:16]}"
+        key_of_channel = channel_key(url)
+        # one message per decision (the status change) per channel; at most 200 characters
+        digest = hashlib.sha256(key_of_channel.encode()).hexdigest()[:16]
+        key = f"denial:{row.case_id}:{change.id}:{digest}"
         exists = session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key))
         if exists:
             continue
@@ -229,7 +238,7 @@ def queue_denial_notices(
                 case_id=row.case_id,
                 event=str(change.to_status),
                 channel=channel_label(url),
-                url_sha256=url_sha,
+                channel_key=key_of_channel,
                 state="pending",
                 title=title,
                 body=body,

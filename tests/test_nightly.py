@@ -1,0 +1,297 @@
+"""The nightly run end to end on a real data folder: intake (valid and invalid files), letters,
+payer responses, exactly-once denial e-mail to a real SMTP server, and crash safety: a run killed
+with SIGKILL at named points (and at random moments) and re-run ends in the same state as one
+clean run."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from conftest import ATTACHMENTS, CASES, FIXTURES, INVALID
+from priorauth.catalog import load_catalog
+from priorauth.files import sha256_file
+from priorauth.nightly import run_night
+from priorauth.settings import load_settings
+from priorauth.store import (
+    CaseRow,
+    DocumentRow,
+    NotificationRow,
+    PayerResponseRow,
+    StatusChangeRow,
+    Store,
+)
+from priorauth.tracking import Actor, submit
+from sinks import smtp_sink
+
+DENIAL = FIXTURES / "responses" / "ms-1004-denied.x12"
+FIRST = ["ms-dmt-failure-privigen.yaml", "ms-1004.yaml", "pid-3001.yaml", "cidp-2001.json"]
+LATER = ["ms-1002.yaml", "ms-1005.yaml", "itp-4001.yaml"]
+
+
+def make_home(root: Path, names: list[str]) -> Path:
+    home = root / "home"
+    (home / "intake").mkdir(parents=True)
+    shutil.copytree(ATTACHMENTS, home / "attachments")
+    for name in names:
+        shutil.copy(CASES / name, home / "intake" / name)
+    return home
+
+
+def settings_for(home: Path, smtp_port: int | None = None, **extra):
+    urls = (
+        f"mailto://127.0.0.1:{smtp_port}?from=pa@example.org&to=team@example.org&mode=insecure"
+        if smtp_port
+        else ""
+    )
+    return load_settings(home=home, workers=1, notify_urls=urls, **extra)
+
+
+def rows(result) -> list[tuple]:
+    return sorted((tuple(r) for r in result), key=repr)
+
+
+def snapshot(home: Path, db_url: str | None = None) -> dict:
+    """The end state, without timestamps or row ids: what must match a clean run."""
+    store = Store(db_url or f"sqlite:///{(home / 'priorauth.sqlite3').resolve()}")
+    with store.session() as s:
+        state = {
+            "cases": rows(
+                s.execute(
+                    select(
+                        CaseRow.case_id,
+                        CaseRow.status,
+                        CaseRow.case_sha256,
+                        CaseRow.appeal_deadline,
+                        CaseRow.auth_number,
+                    )
+                )
+            ),
+            "history": rows(
+                s.execute(
+                    select(
+                        StatusChangeRow.case_id,
+                        StatusChangeRow.from_status,
+                        StatusChangeRow.to_status,
+                        StatusChangeRow.payer_code,
+                        StatusChangeRow.reason_code,
+                    )
+                )
+            ),
+            "documents": rows(
+                s.execute(
+                    select(
+                        DocumentRow.case_id,
+                        DocumentRow.kind,
+                        DocumentRow.version,
+                        DocumentRow.sha256,
+                    )
+                )
+            ),
+            "responses": rows(
+                s.execute(
+                    select(
+                        PayerResponseRow.dedup_key,
+                        PayerResponseRow.case_id,
+                        PayerResponseRow.outcome,
+                    )
+                )
+            ),
+            "notices": rows(
+                s.execute(
+                    select(NotificationRow.case_id, NotificationRow.event, NotificationRow.state)
+                )
+            ),
+        }
+    store.dispose()
+    files = {}
+    for folder in ("letters", "quarantine", "responses", "intake"):
+        for path in sorted((home / folder).rglob("*")):
+            if path.name == "summary.json":  # names its source file, under this home folder
+                text = path.read_text(encoding="utf-8").replace(str(home), "HOME")
+                files[str(path.relative_to(home))] = text
+            elif path.is_file():
+                files[str(path.relative_to(home))] = sha256_file(path)
+    state["files"] = files
+    return state
+
+
+def first_night_then_submit(home: Path, settings) -> None:
+    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+    run_night(settings, now)
+    catalog = load_catalog(settings.reference_dir)
+    store = Store(settings.db_url)
+    with store.session() as session:
+        submit(
+            session,
+            "MS-1004",
+            method="fax",
+            reference="FAX-1",
+            now=now,
+            catalog=catalog,
+            actor=Actor("jdoe", "coordinator"),
+        )
+    store.dispose()
+
+
+def test_nightly_fills_the_store_sets_bad_files_aside_and_emails_a_denial_once(tmp_path):
+    home = make_home(tmp_path, FIRST)
+    shutil.copy(INVALID / "bad-g35-category.yaml", home / "intake" / "bad-g35-category.yaml")
+    with smtp_sink() as smtp:
+        settings = settings_for(home, smtp.port)
+        first_night_then_submit(home, settings)
+        state = snapshot(home)
+        assert {c[0]: c[1] for c in state["cases"]} == {
+            "MS-1001": "ready",
+            "MS-1004": "submitted",
+            "PID-3001": "ready",
+            "CIDP-2001": "ready",
+        }
+        reason = (home / "quarantine" / "bad-g35-category.yaml.reason.txt").read_text()
+        assert "diagnoses[0].code" in reason and "G35.A" in reason
+        assert (home / "quarantine" / "bad-g35-category.yaml").exists()  # moved, not deleted
+
+        shutil.copy(DENIAL, home / "responses" / DENIAL.name)
+        now = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+        report = run_night(settings, now)
+        assert [d["case_id"] for d in report.denials] == ["MS-1004"]
+        assert (home / "responses" / "processed" / DENIAL.name).exists()
+        # Dropping the same file again and re-running sends nothing more.
+        shutil.copy(DENIAL, home / "responses" / DENIAL.name)
+        run_night(settings, now)
+        run_night(settings, now)
+        assert len(smtp.messages) == 1
+        mail = smtp.messages[0]
+        assert "MS-1004" in mail.text and "EXPERIMENTAL_INVESTIGATIONAL" in mail.text
+        assert "2027-05-24" in mail.text  # commercial: 180 days from 2026-11-25
+        raw = mail.raw.decode("utf-8", "replace")
+        for secret in ("Nguyễn", "Nguyen", "Łukasz", "LUKASZ", "SHP771204588"):
+            assert secret not in raw and secret not in mail.text
+
+
+def test_a_failed_send_is_retried_next_run_and_visible(tmp_path):
+    home = make_home(tmp_path, ["ms-1004.yaml"])
+    with smtp_sink() as smtp:
+        port = smtp.port
+        settings = settings_for(home, port)
+        first_night_then_submit(home, settings)
+    # The SMTP server is gone now: the send fails and stays queued.
+    shutil.copy(DENIAL, home / "responses" / DENIAL.name)
+    report = run_night(settings, datetime(2026, 11, 25, 3, 0, tzinfo=UTC))
+    assert report.notices_failed == 1
+    store = Store(settings.db_url)
+    with store.session() as s:
+        row = s.scalars(select(NotificationRow)).one()
+        assert row.state == "failed" and row.last_error
+    with smtp_sink(port=port) as smtp:
+        report = run_night(settings, datetime(2026, 11, 25, 4, 0, tzinfo=UTC))
+        assert report.notices_sent == 1 and len(smtp.messages) == 1
+    with store.session() as s:
+        assert s.scalars(select(NotificationRow)).one().state == "sent"
+    store.dispose()
+
+
+# ---- crash safety ----------------------------------------------------------------------------
+
+CRASH_POINTS = [
+    "after_case_recorded",
+    "after_letter_written",
+    "after_response_applied",
+    "before_send",
+    "after_send",
+]
+
+
+def run_subprocess(
+    home: Path, smtp_port: int, crash_at: str | None = None, kill_after: float | None = None
+) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORAUTH_")}
+    env.update(
+        PRIORAUTH_HOME=str(home),
+        PRIORAUTH_WORKERS="1",
+        PRIORAUTH_NOTIFY_URLS=f"mailto://127.0.0.1:{smtp_port}?from=pa@example.org"
+        "&to=team@example.org&mode=insecure",
+    )
+    if crash_at:
+        env["PRIORAUTH_CRASH_AT"] = crash_at
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "priorauth.nightly"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    if kill_after is not None:
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    if crash_at is None and kill_after is None:
+        assert proc.returncode == 0, err.decode()[-2000:]
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A data folder after a first night and a submission, with new cases and a denial waiting."""
+    root = tmp_path_factory.mktemp("crash")
+    home = make_home(root, FIRST)
+    with smtp_sink() as smtp:
+        first_night_then_submit(home, settings_for(home, smtp.port))
+    for name in LATER:
+        shutil.copy(CASES / name, home / "intake" / name)
+    shutil.copy(INVALID / "bad-npi-check-digit.yaml", home / "intake" / "bad-npi.yaml")
+    shutil.copy(DENIAL, home / "responses" / DENIAL.name)
+    return home
+
+
+@pytest.fixture(scope="module")
+def clean_state(prepared, tmp_path_factory):
+    home = tmp_path_factory.mktemp("clean") / "home"
+    shutil.copytree(prepared, home)
+    with smtp_sink() as smtp:
+        run_subprocess(home, smtp.port)
+        assert len(smtp.messages) == 1
+    return snapshot(home)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_at_a_named_point_then_rerun_matches_a_clean_run(
+    prepared, clean_state, tmp_path, point
+):
+    home = tmp_path / "home"
+    shutil.copytree(prepared, home)
+    with smtp_sink() as smtp:
+        code = run_subprocess(home, smtp.port, crash_at=point)
+        assert code == -signal.SIGKILL, f"the run did not reach {point}"
+        run_subprocess(home, smtp.port)
+        state = snapshot(home)
+        # A crash after the SMTP hand-off and before it is recorded may send once more
+        # (same References/X-Priorauth-Dedup header); anywhere else, exactly once.
+        assert len(smtp.messages) == (2 if point == "after_send" else 1)
+        keys = {m.message["X-Priorauth-Dedup"] for m in smtp.messages}
+        assert len(keys) == 1
+    assert not list(home.rglob("*.tmp")), "a half-written file is visible"
+    assert state == clean_state
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_at_a_random_moment_then_rerun_matches_a_clean_run(
+    prepared, clean_state, tmp_path, seed
+):
+    home = tmp_path / "home"
+    shutil.copytree(prepared, home)
+    with smtp_sink() as smtp:
+        run_subprocess(home, smtp.port, kill_after=random.Random(seed).uniform(0.8, 3.0))
+        run_subprocess(home, smtp.port)
+        assert 1 <= len(smtp.messages) <= 2
+    assert not list(home.rglob("*.tmp"))
+    assert snapshot(home) == clean_state
