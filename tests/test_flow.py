@@ -139,3 +139,43 @@ def test_nightly_flow_run(harness, tmp_path: Path, monkeypatch) -> None:
     assert json.loads(stored)["parameters"] == {}
     assert "new cases" in stored
     assert [s for s in _phi_strings() if s in stored] == []
+
+
+def test_cli_nightly_on_the_fixtures_then_a_denial_emails_once(
+    harness, tmp_path: Path, monkeypatch
+) -> None:
+    """The issue's 'done when', through the commands a coordinator types."""
+    from click.testing import CliRunner
+
+    from conftest import FIXTURES
+    from priorauth.cli import main
+    from sinks import smtp_sink
+
+    home = tmp_path / "var"
+    monkeypatch.setenv("PRIORAUTH_HOME", str(home))
+    runner = CliRunner()
+
+    def cli(*args: str) -> str:
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    with smtp_sink() as smtp:
+        monkeypatch.setenv("PRIORAUTH_NOTIFY_URLS", smtp.apprise_url())
+        cli("intake", str(CASES))
+        cli("nightly")
+        cases = json.loads(cli("cases", "--json"))
+        assert len(cases) == len(list(CASES.glob("*.*")))
+        assert {c["status"] for c in cases} == {"ready"}
+        cli("submit", "MS-1004", "--method", "fax", "--reference", "FAX-1")
+        (home / "responses" / "denied.x12").write_bytes(
+            (FIXTURES / "responses" / "ms-1004-denied.x12").read_bytes()
+        )
+        cli("nightly")
+        cli("nightly")
+        assert len(smtp.messages) == 1
+        view = json.loads(cli("status", "MS-1004", "--json"))
+        assert view["status"] == "denied"
+        assert [h["to"] for h in view["history"]] == ["draft", "ready", "submitted", "denied"]
+        assert view["notifications"][0]["state"] == "sent"
+        assert "denied" in cli("status", "MS-1004")

@@ -426,6 +426,41 @@ def cases(status_filter: str | None, as_json: bool) -> None:
     click.echo(f"{len(rows)} case(s)")
 
 
+@main.command("intake")
+@click.argument("case_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def intake_cmd(case_files: tuple[Path, ...]) -> None:
+    """Copy case files (or folders of them), with their attachments, into $PRIORAUTH_HOME/intake
+    for the next nightly run. Attachments keep their path relative to the case file."""
+    import shutil
+
+    import yaml
+
+    from priorauth.intake import find_case_files
+
+    settings = _settings()
+    intake = settings.folder("intake")
+    intake.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for path in find_case_files(list(case_files)):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = None  # the nightly run sets it aside with the reason
+        attachments = data.get("attachments", []) if isinstance(data, dict) else []
+        for item in attachments if isinstance(attachments, list) else []:
+            relative = item.get("path") if isinstance(item, dict) else None
+            if not isinstance(relative, str) or Path(relative).is_absolute():
+                continue
+            source = (path.parent / relative).resolve()
+            target = (intake / relative).resolve()
+            if source.is_file() and target.is_relative_to(settings.home.resolve()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+        shutil.copyfile(path, intake / path.name)
+        copied += 1
+    click.echo(f"{copied} case file(s) copied to {intake}; run `priorauth nightly` to process them")
+
+
 @main.command("nightly")
 def nightly_cmd() -> None:
     """Run the nightly flow once, now, as a real Prefect flow run."""
