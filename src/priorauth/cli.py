@@ -469,6 +469,114 @@ def nightly_cmd() -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+# ---- the portal ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def serve(host: str, port: int) -> None:
+    """Run the staff portal (sign in with an account from `priorauth users add`)."""
+    import uvicorn
+
+    from priorauth.web.app import create_app
+
+    app = create_app(_settings())
+    uvicorn.run(
+        app, host=host, port=port, proxy_headers=False, server_header=False, log_level="info"
+    )
+
+
+@main.group()
+def users() -> None:
+    """Portal accounts (admin)."""
+
+
+def _password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(["pharmacist", "coordinator", "admin"]))
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_add(username: str, role: str, password_stdin: bool) -> None:
+    """Create an account."""
+    from priorauth.accounts import add_user
+
+    password = _password(password_stdin)
+    _account_change(
+        lambda s: add_user(s, username, password, role, _now()), f"user {username} added as {role}"
+    )
+
+
+@users.command("disable")
+@click.argument("username")
+def users_disable(username: str) -> None:
+    """Disable an account and end its sessions."""
+    from priorauth.accounts import set_disabled
+
+    _account_change(lambda s: set_disabled(s, username, True), f"user {username} disabled")
+
+
+@users.command("enable")
+@click.argument("username")
+def users_enable(username: str) -> None:
+    """Enable a disabled account."""
+    from priorauth.accounts import set_disabled
+
+    _account_change(lambda s: set_disabled(s, username, False), f"user {username} enabled")
+
+
+@users.command("reset-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_reset(username: str, password_stdin: bool) -> None:
+    """Set a new password (clears a lockout, ends the user's sessions)."""
+    from priorauth.accounts import reset_password
+
+    password = _password(password_stdin)
+    _account_change(
+        lambda s: reset_password(s, username, password, _now()), f"password of {username} reset"
+    )
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every account with its role and state."""
+    from sqlalchemy import select
+
+    from priorauth.store import UserRow
+
+    with _store(_settings()).session() as session:
+        for user in session.scalars(select(UserRow).order_by(UserRow.username)):
+            state = "disabled" if user.disabled else "active"
+            click.echo(f"{user.username:<24} {user.role:<12} {state}")
+
+
+def _account_change(change, done: str) -> None:  # type: ignore[no-untyped-def]
+    from priorauth.tracking import Actor, audit
+
+    settings = _settings()
+    try:
+        with _store(settings).session() as session:
+            change(session)
+            audit(
+                session,
+                Actor("cli", "coordinator", "admin"),
+                "account_change",
+                "ok",
+                _now(),
+                detail=done,
+            )
+    except PriorAuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(done)
+
+
 def _load_flow(name: str):  # type: ignore[no-untyped-def]
     """Import flows/<name>.py from the repository (flows are not part of the installed core)."""
     import importlib.util

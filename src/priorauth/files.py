@@ -52,3 +52,22 @@ def crashpoint(name: str) -> None:
     with SIGKILL, exactly as `kill -9` would. Does nothing otherwise."""
     if os.environ.get("PRIORAUTH_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def keep_version(path: Path, sha256: str) -> Path:
+    """Keep this exact version of `path` as versions/<stem>-<sha256[:16]><suffix> beside it: a
+    hard link, so a later atomic replace of `path` leaves the kept version intact. Returns the
+    kept path (or `path` itself if it no longer holds these bytes)."""
+    target = path.parent / "versions" / f"{path.stem}-{sha256[:16]}{path.suffix}"
+    if target.exists():
+        return target
+    if sha256_file(path) != sha256:
+        return path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, target)
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links: copy whole-or-nothing instead
+        write_atomic(target, path.read_bytes())
+    return target

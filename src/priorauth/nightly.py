@@ -24,7 +24,14 @@ from sqlalchemy import func, select, update
 from priorauth.files import crashpoint, write_atomic
 from priorauth.intake import CASE_SUFFIXES
 from priorauth.notify import NotifyError, channel_key, channels, send
-from priorauth.pipeline import BatchRunner, CaseResult, Workbench, chunked, generate_case
+from priorauth.pipeline import (
+    BatchRunner,
+    CaseResult,
+    Workbench,
+    chunked,
+    document_records,
+    generate_case,
+)
 from priorauth.responses import ResponseFileError, parse_response_file
 from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
 from priorauth.tracking import (
@@ -158,8 +165,7 @@ def record_results(
     for result in results:
         if result.ok:
             assert result.case is not None and result.summary is not None
-            docs = result.summary["documents"]
-            folder = Path("letters") / result.case_id
+            documents = document_records(result, home)
             with store.session() as session:
                 register_case(
                     session,
@@ -169,16 +175,7 @@ def record_results(
                     summary=_tracked(result.summary),
                     now=now,
                 )
-                record_documents(
-                    session,
-                    result.case_id,
-                    [
-                        ("letter", str(folder / docs["letter"]["file"]), docs["letter"]["sha256"]),
-                        ("packet", str(folder / docs["packet"]["file"]), docs["packet"]["sha256"]),
-                    ],
-                    actor=NIGHTLY,
-                    now=now,
-                )
+                record_documents(session, result.case_id, documents, actor=NIGHTLY, now=now)
             report.accepted.append(result.case_id)
             report.letters.append(result.case_id)
             crashpoint("after_case_recorded")
@@ -405,26 +402,9 @@ def renew(
                     detail="; ".join(e["field"] for e in result.errors),
                 )
             continue
-        docs = result.summary["documents"]
-        folder = Path("letters") / case_id / f"renewal-{auth_end}"
         with store.session() as session:
             record_documents(
-                session,
-                case_id,
-                [
-                    (
-                        "renewal_letter",
-                        str(folder / docs["letter"]["file"]),
-                        docs["letter"]["sha256"],
-                    ),
-                    (
-                        "renewal_packet",
-                        str(folder / docs["packet"]["file"]),
-                        docs["packet"]["sha256"],
-                    ),
-                ],
-                actor=NIGHTLY,
-                now=now,
+                session, case_id, document_records(result, home), actor=NIGHTLY, now=now
             )
         report.renewals.append(case_id)
 

@@ -28,7 +28,7 @@ from priorauth.errors import (
     DosingError,
     FieldError,
 )
-from priorauth.files import crashpoint, sha256_bytes, sha256_file, write_atomic
+from priorauth.files import crashpoint, keep_version, sha256_bytes, sha256_file, write_atomic
 from priorauth.findings import case_findings
 from priorauth.intake import case_id_for, cross_checks, parse_case_file, validate_case
 from priorauth.packet import assemble_packet, read_attachment
@@ -54,6 +54,8 @@ class CaseResult:
     case: Case | None = field(default=None, repr=False)
     summary: dict[str, Any] | None = field(default=None, repr=False)
     case_sha256: str | None = None
+    folder: str | None = None  # where letter.pdf and packet.pdf were written
+    renewal: bool = False
 
     @property
     def ok(self) -> bool:
@@ -277,7 +279,23 @@ def generate_case(
         case=case,
         summary=summary,
         case_sha256=sha256_file(path),
+        folder=str(folder),
+        renewal=bool(renewal),
     )
+
+
+def document_records(result: CaseResult, home: Path) -> list[tuple[str, str, str]]:
+    """(kind, path under `home`, sha256) for the letter and packet of a generated case, each kept
+    as its own version file so every version stays downloadable after a regeneration."""
+    assert result.summary is not None
+    assert result.folder is not None
+    records = []
+    for kind in ("letter", "packet"):
+        doc = result.summary["documents"][kind]
+        kept = keep_version(Path(result.folder) / doc["file"], doc["sha256"])
+        name = f"renewal_{kind}" if result.renewal else kind
+        records.append((name, str(kept.resolve().relative_to(home.resolve())), doc["sha256"]))
+    return records
 
 
 def check_case(path: Path, *, bench: Workbench) -> list[FieldError]:

@@ -36,11 +36,35 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000", description="Base URL of the staff portal, for links in notices."
     )
 
+    secret_key: str | None = Field(
+        None,
+        description="Signs portal cookies; default: a random key kept in $PRIORAUTH_HOME/secret_key.",
+    )
+
     @property
     def db_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'priorauth.sqlite3').resolve()}"
+
+    def signing_key(self) -> str:
+        """PRIORAUTH_SECRET_KEY, else a random key created once (mode 0600) under PRIORAUTH_HOME."""
+        if self.secret_key:
+            return self.secret_key
+        import os
+        import secrets
+
+        path = self.home / "secret_key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     def folder(self, name: str) -> Path:
         """A folder under PRIORAUTH_HOME (intake, responses, quarantine, letters, cases)."""

@@ -208,6 +208,36 @@ class AuditRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class UserRow(Base):
+    """A staff account for the portal: one per person; passwords hashed with argon2id."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # pharmacist | coordinator | admin
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SessionRow(Base):
+    """A signed-in browser. The cookie carries a random token; only its SHA-256 is stored, so a
+    leaked database does not sign anyone in. Expired by inactivity and by absolute lifetime."""
+
+    __tablename__ = "sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    client: Mapped[str | None] = mapped_column(String(64))
+
+
 # ---- engine and migrations ----------------------------------------------------------------
 
 _migrate_lock = threading.Lock()
@@ -232,7 +262,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front; read-only sessions (portal pages) do not.
+            read_only = conn.get_execution_options().get("priorauth_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -282,13 +314,23 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(priorauth_read_only=True), expire_on_commit=False
+        )
         if migrate and current_revision(self.engine) != head_revision(url):
             upgrade(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One write transaction: committed on success, rolled back on any error."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """One read transaction that takes no write lock (on SQLite a plain BEGIN, so readers
+        never queue behind writers in WAL mode). Writing in it is a mistake."""
+        with self._readers() as session, session.begin():
             yield session
 
     def dispose(self) -> None:
