@@ -1,0 +1,401 @@
+"""The staff portal over HTTP: every route for every role, signed-out access, CSRF, traversal
+and unknown IDs, audited downloads with the right headers, lockout, session expiry, PHI care."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from conftest import ATTACHMENTS, CASES
+from priorauth import accounts
+from priorauth.nightly import run_night
+from priorauth.settings import load_settings
+from priorauth.store import AuditRow, CaseRow, DocumentRow, SessionRow, Store
+from priorauth.web.app import create_app
+
+PASSWORD = "correct horse battery staple"
+START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+CASE_FILES = ["ms-dmt-failure-privigen.yaml", "ms-1004.yaml", "pid-3001.yaml"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory) -> Path:
+    """A data folder with three generated cases and one account per role."""
+    home = tmp_path_factory.mktemp("portal") / "home"
+    (home / "intake").mkdir(parents=True)
+    shutil.copytree(ATTACHMENTS, home / "attachments")
+    for name in CASE_FILES:
+        shutil.copy(CASES / name, home / "intake" / name)
+    settings = load_settings(home=home, workers=1)
+    run_night(settings, START)
+    store = Store(settings.db_url)
+    with store.session() as session:
+        for role in accounts.ROLES:
+            accounts.add_user(session, f"{role}1", PASSWORD, role, START)
+    store.dispose()
+    return home
+
+
+@pytest.fixture
+def portal(seeded: Path, tmp_path: Path):
+    """A fresh copy of the seeded folder, the app over it, a frozen clock and a sleep recorder."""
+    home = tmp_path / "home"
+    shutil.copytree(seeded, home)
+    clock, sleeps = Clock(), []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    settings = load_settings(home=home, workers=1, secret_key="test-secret")
+    app = create_app(settings, clock=clock, sleep=sleep)
+    yield {"app": app, "home": home, "clock": clock, "sleeps": sleeps, "store": app.state.store}
+    app.state.store.dispose()
+
+
+def client(portal, role: str | None = None) -> TestClient:
+    c = TestClient(portal["app"])
+    if role:
+        r = c.post(
+            "/login", data={"username": f"{role}1", "password": PASSWORD}, follow_redirects=False
+        )
+        assert r.status_code == 303, r.text
+    return c
+
+
+def csrf_of(c: TestClient, case_id: str = "MS-1001") -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', c.get(f"/cases/{case_id}").text).group(1)
+
+
+def doc_id(portal, case_id: str = "MS-1001", kind: str = "packet") -> int:
+    with portal["store"].session() as s:
+        return s.scalar(
+            select(DocumentRow.id).where(DocumentRow.case_id == case_id, DocumentRow.kind == kind)
+        )
+
+
+def audit_count(portal, action: str, outcome: str | None = None) -> int:
+    stmt = select(func.count(AuditRow.id)).where(AuditRow.action == action)
+    if outcome:
+        stmt = stmt.where(AuditRow.outcome == outcome)
+    with portal["store"].session() as s:
+        return s.scalar(stmt)
+
+
+# ---- the route × role matrix -----------------------------------------------------------------
+
+GETS = [
+    "/cases",
+    "/cases?status=ready&payer=summit-health-commercial&overdue=true&q=MS",
+    "/cases/MS-1001",
+    "/documents/{doc}",
+    "/audit",
+]
+POSTS = ["/cases/MS-1001/submit", "/cases/MS-1001/status", "/cases/MS-1001/regenerate"]
+EXPECTED_GET = {  # role → status for each GET above
+    "pharmacist": [200, 200, 200, 200, 403],
+    "coordinator": [200, 200, 200, 200, 403],
+    "admin": [200, 200, 200, 200, 200],
+}
+
+
+@pytest.mark.parametrize("role", list(EXPECTED_GET))
+def test_get_routes_by_role(portal, role: str) -> None:
+    c = client(portal, role)
+    got = [
+        c.get(url.format(doc=doc_id(portal)), follow_redirects=False).status_code for url in GETS
+    ]
+    assert got == EXPECTED_GET[role]
+
+
+def test_signed_out_gets_nothing(portal) -> None:
+    c = client(portal)
+    for url in GETS:
+        r = c.get(url.format(doc=doc_id(portal)), follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/login", url
+    for url in POSTS:
+        r = c.post(url, data={"method": "fax", "status": "withdrawn"}, follow_redirects=False)
+        assert r.status_code == 401, url
+    assert audit_count(portal, "download") == 0
+
+
+def test_pharmacist_cannot_act_for_a_coordinator(portal) -> None:
+    c = client(portal, "pharmacist")
+    token = csrf_of(c)
+    assert "Record submission" not in c.get("/cases/MS-1001").text
+    for url in POSTS:
+        r = c.post(
+            url,
+            data={"method": "fax", "status": "withdrawn", "csrf_token": token},
+            follow_redirects=False,
+        )
+        assert r.status_code == 403, url
+    assert audit_count(portal, "authorization_denied", "denied") == len(POSTS)
+    with portal["store"].session() as s:
+        assert s.get(CaseRow, "MS-1001").status == "ready"
+
+
+def test_coordinator_actions_go_through_the_state_machine(portal) -> None:
+    c = client(portal, "coordinator")
+    token = csrf_of(c)
+    r = c.post(
+        "/cases/MS-1001/submit",
+        data={"method": "fax", "reference": "FAX-9", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    r = c.post(
+        "/cases/MS-1001/status",
+        data={
+            "status": "approved",
+            "csrf_token": token,
+            "reference": "AUTH-1",
+            "auth_start": "2026-12-01",
+            "auth_end": "2027-05-29",
+            "auth_units": "2100",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    refused = c.post("/cases/MS-1001/status", data={"status": "pending", "csrf_token": token})
+    assert refused.status_code == 409 and "cannot move from approved to pending" in refused.text
+    page = c.get("/cases/MS-1001").text
+    assert "AUTH-1" in page and "coordinator1" in page
+    with portal["store"].session() as s:
+        row = s.get(CaseRow, "MS-1001")
+        assert (row.status, row.auth_units) == ("approved", 2100)
+    assert audit_count(portal, "status_change") >= 2
+
+
+def test_regenerate_keeps_one_version_when_nothing_changed(portal) -> None:
+    c = client(portal, "coordinator")
+    r = c.post("/cases/MS-1001/regenerate", data={"csrf_token": csrf_of(c)}, follow_redirects=False)
+    assert r.status_code == 303
+    with portal["store"].session() as s:
+        versions = s.scalars(
+            select(DocumentRow.version).where(
+                DocumentRow.case_id == "MS-1001", DocumentRow.kind == "letter"
+            )
+        ).all()
+    assert versions == [1]
+
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+def test_csrf_missing_or_wrong_is_refused_and_changes_nothing(portal, token) -> None:
+    c = client(portal, "coordinator")
+    data = {"method": "fax", "reference": "X"} | (
+        {"csrf_token": token} if token is not None else {}
+    )
+    assert c.post("/cases/MS-1001/submit", data=data).status_code == 403
+    with portal["store"].session() as s:
+        assert s.get(CaseRow, "MS-1001").status == "ready"
+    # Signing out needs the token too.
+    assert c.post("/logout", data={}).status_code == 403
+
+
+# ---- downloads ---------------------------------------------------------------------------------
+
+
+def test_download_headers_and_exactly_one_audit_row_per_download(portal) -> None:
+    c = client(portal, "pharmacist")
+    ident = doc_id(portal)
+    for _ in range(3):
+        r = c.get(f"/documents/{ident}")
+        assert r.status_code == 200
+        assert r.content.startswith(b"%PDF-")
+        assert r.headers["content-type"] == "application/pdf"
+        assert r.headers["content-disposition"] == 'attachment; filename="MS-1001-packet-v1.pdf"'
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert audit_count(portal, "download", "ok") == 3
+    with portal["store"].session() as s:
+        row = s.scalars(select(AuditRow).where(AuditRow.action == "download")).first()
+        assert (row.actor, row.role, row.case_id, row.document_id) == (
+            "pharmacist1",
+            "pharmacist",
+            "MS-1001",
+            ident,
+        )
+        assert row.client  # from where
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/documents/999999",
+        "/documents/abc",
+        "/documents/-1",
+        "/documents/..%2F..%2Fpriorauth.sqlite3",
+        "/documents/%2e%2e/%2e%2e/etc/passwd",
+        "/cases/NOPE",
+        "/cases/..%2F..%2Fetc%2Fpasswd",
+    ],
+)
+def test_unknown_ids_and_traversal_are_plain_not_found(portal, url: str) -> None:
+    c = client(portal, "admin")
+    r = c.get(url)
+    assert r.status_code == 404
+    assert "%PDF" not in r.text and "root:" not in r.text
+
+
+def test_a_tampered_document_path_never_leaves_the_letters_folder(portal) -> None:
+    ident = doc_id(portal)
+    secret = portal["home"] / "secret_key"
+    secret.write_text("not a pdf")
+    with portal["store"].session() as s:
+        s.get(DocumentRow, ident).path = "secret_key"
+    r = client(portal, "admin").get(f"/documents/{ident}")
+    assert r.status_code == 404 and "not a pdf" not in r.text
+
+
+def test_a_changed_file_fails_its_hash_check(portal) -> None:
+    ident = doc_id(portal, kind="letter")
+    with portal["store"].session() as s:
+        path = portal["home"] / s.get(DocumentRow, ident).path
+    path.write_bytes(path.read_bytes() + b"\n% tampered")
+    r = client(portal, "pharmacist").get(f"/documents/{ident}")
+    assert r.status_code == 409
+    assert audit_count(portal, "download", "integrity_failed") == 1
+    assert audit_count(portal, "download", "ok") == 0
+
+
+# ---- sign-in, lockout, sessions ----------------------------------------------------------------
+
+
+def test_cookie_is_httponly_and_samesite(portal) -> None:
+    c = TestClient(portal["app"])
+    r = c.post(
+        "/login", data={"username": "pharmacist1", "password": PASSWORD}, follow_redirects=False
+    )
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    with portal["store"].session() as s:  # only a hash of the token is stored
+        stored = s.scalars(select(SessionRow.token_sha256)).all()
+    raw = r.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    assert all(h not in raw for h in stored)
+
+
+def test_brute_force_slows_down_then_locks(portal) -> None:
+    c = TestClient(portal["app"])
+    for _ in range(accounts.MAX_FAILED_SIGN_INS):
+        r = c.post("/login", data={"username": "coordinator1", "password": "wrong password!"})
+        assert r.status_code == 401
+    assert portal["sleeps"][:4] == [0.25, 0.5, 1.0, 2.0]
+    locked = c.post("/login", data={"username": "coordinator1", "password": PASSWORD})
+    assert locked.status_code == 401 and "locked" in locked.text
+    portal["clock"].now += accounts.LOCKOUT + timedelta(seconds=1)
+    ok = c.post(
+        "/login", data={"username": "coordinator1", "password": PASSWORD}, follow_redirects=False
+    )
+    assert ok.status_code == 303
+    assert audit_count(portal, "sign_in", "bad_credentials") == accounts.MAX_FAILED_SIGN_INS - 1
+    assert audit_count(portal, "sign_in", "locked") == 2
+
+
+def test_unknown_user_looks_like_a_wrong_password(portal) -> None:
+    c = TestClient(portal["app"])
+    unknown = c.post("/login", data={"username": "nobody", "password": PASSWORD})
+    wrong = c.post("/login", data={"username": "pharmacist1", "password": "nope nope nope"})
+    assert unknown.status_code == wrong.status_code == 401
+    assert (
+        "Wrong username or password." in unknown.text
+        and "Wrong username or password." in wrong.text
+    )
+
+
+def test_session_expires_after_inactivity_and_absolute_lifetime(portal) -> None:
+    c = client(portal, "pharmacist")
+    clock = portal["clock"]
+    for _ in range(3):  # active use keeps it alive...
+        clock.now += timedelta(minutes=10)
+        assert c.get("/cases", follow_redirects=False).status_code == 200
+    clock.now += accounts.IDLE_TIMEOUT + timedelta(seconds=1)  # ...15 idle minutes end it
+    assert c.get("/cases", follow_redirects=False).status_code == 303
+    c = client(portal, "pharmacist")
+    for _ in range(int(accounts.MAX_SESSION_AGE / timedelta(minutes=10)) + 1):
+        clock.now += timedelta(minutes=10)
+        last = c.get("/cases", follow_redirects=False).status_code
+    assert last == 303  # never idle, but past the 12-hour lifetime
+
+
+def test_logout_ends_the_session_on_the_server(portal) -> None:
+    c = client(portal, "coordinator")
+    cookie = dict(c.cookies)
+    assert (
+        c.post("/logout", data={"csrf_token": csrf_of(c)}, follow_redirects=False).status_code
+        == 303
+    )
+    replay = TestClient(portal["app"], cookies=cookie)
+    assert replay.get("/cases", follow_redirects=False).status_code == 303
+
+
+def test_disabled_user_is_signed_out(portal) -> None:
+    c = client(portal, "pharmacist")
+    with portal["store"].session() as s:
+        accounts.set_disabled(s, "pharmacist1", True)
+    assert c.get("/cases", follow_redirects=False).status_code == 303
+    r = TestClient(portal["app"]).post(
+        "/login", data={"username": "pharmacist1", "password": PASSWORD}
+    )
+    assert r.status_code == 401
+
+
+# ---- pages and PHI -----------------------------------------------------------------------------
+
+
+def test_queue_lists_cases_without_patient_identifiers(portal) -> None:
+    c = client(portal, "pharmacist")
+    page = c.get("/cases").text
+    for case_id in ("MS-1001", "MS-1004", "PID-3001"):
+        assert case_id in page
+    with portal["store"].session() as s:
+        for row in s.scalars(select(CaseRow)):
+            assert row.patient_name not in page and row.member_id not in page
+    case_page = c.get("/cases/MS-1001").text
+    assert "Dana Whitfield" in case_page and "SHP448812301" in case_page  # only here
+
+
+def test_queue_filters_and_search(portal) -> None:
+    c = client(portal, "coordinator")
+    token = csrf_of(c)
+    c.post("/cases/MS-1004/submit", data={"method": "fax", "csrf_token": token})
+    submitted = c.get("/cases?status=submitted").text
+    assert "MS-1004" in submitted and "MS-1001" not in submitted
+    by_payer = c.get("/cases?payer=bluestone-ppo").text
+    assert "PID-3001" in by_payer and "MS-1004" not in by_payer
+    assert "MS-1004" not in c.get("/cases?overdue=true").text
+    portal["clock"].now += timedelta(days=16)  # commercial: 15 days to decide
+    c = client(portal, "coordinator")
+    overdue = c.get("/cases?overdue=true").text
+    assert "MS-1004" in overdue and "MS-1001" not in overdue
+    found = c.get("/cases?q=pid-30").text
+    assert "PID-3001" in found and "MS-1001" not in found
+    assert "1 case" in found
+
+
+def test_every_page_says_no_store(portal) -> None:
+    c = client(portal, "admin")
+    for url in ["/login", "/cases", "/cases/MS-1001", "/audit", "/cases/NOPE"]:
+        r = c.get(url)
+        assert r.headers["cache-control"] == "no-store", url
+        assert r.headers["x-frame-options"] == "DENY"
+
+
+def test_admin_sees_the_audit_log(portal) -> None:
+    c = client(portal, "admin")
+    c.get(f"/documents/{doc_id(portal)}")
+    page = c.get("/audit?action=download").text
+    assert "download" in page and "MS-1001" in page and "admin1" in page
