@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,134 @@ def test_cli_nightly_on_the_fixtures_then_a_denial_emails_once(
         assert [h["to"] for h in view["history"]] == ["draft", "ready", "submitted", "denied"]
         assert view["notifications"][0]["state"] == "sent"
         assert "denied" in cli("status", "MS-1004")
+
+
+CANARY = {
+    "first": "Zebulon",
+    "last": "Quixotecanary",
+    "dob": "1977-07-07",
+    "member": "CANARYMEMBER7777",
+}
+
+
+def test_phi_canary_stays_where_it_belongs(harness, tmp_path: Path, monkeypatch, caplog) -> None:
+    """A patient with unique identifiers goes through intake, letters (a real Prefect flow run),
+    submission, a denial, e-mail and webhook notices, and a portal download. Afterwards none of
+    the identifiers is found outside the case file, the letter and the store's case row."""
+    import logging
+    import re
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+    from pypdf import PdfReader
+    from sqlalchemy import select
+
+    import flows.nightly as nightly_flow
+    from conftest import ATTACHMENTS, BASE_CASE
+    from priorauth import accounts
+    from priorauth.settings import load_settings
+    from priorauth.store import CaseRow, Store
+    from priorauth.web.app import create_app
+    from sinks import http_sink, smtp_sink
+
+    caplog.set_level(logging.DEBUG)
+    home = tmp_path / "home"
+    (home / "intake").mkdir(parents=True)
+    shutil.copytree(ATTACHMENTS, home / "attachments")
+    data = yaml.safe_load(BASE_CASE.read_text(encoding="utf-8"))
+    data["case_id"] = "CANARY-1"
+    data["patient"].update(
+        first_name=CANARY["first"], last_name=CANARY["last"], date_of_birth=CANARY["dob"]
+    )
+    data["coverage"]["member_id"] = CANARY["member"]
+    (home / "intake" / "canary.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    denial = {
+        "responses": [
+            {
+                "case_id": "CANARY-1",
+                "decision": "denied",
+                "reason_code": "EXPERIMENTAL_INVESTIGATIONAL",
+                "reason_text": "Investigational for this diagnosis",
+            }
+        ]
+    }
+    monkeypatch.setenv("PRIORAUTH_HOME", str(home))
+    monkeypatch.setenv("PRIORAUTH_WORKERS", "1")
+    with smtp_sink() as smtp, http_sink() as hook:
+        monkeypatch.setenv("PRIORAUTH_NOTIFY_URLS", f"{smtp.apprise_url()},{hook.apprise_url()}")
+        assert nightly_flow.nightly_run(return_state=True).is_completed()
+        settings = load_settings()
+        store = Store(settings.db_url)
+        with store.session() as session:
+            from priorauth.catalog import load_catalog
+            from priorauth.tracking import Actor, submit
+
+            submit(
+                session,
+                "CANARY-1",
+                method="fax",
+                reference="F-1",
+                now=datetime.now(UTC),
+                catalog=load_catalog(settings.reference_dir),
+                actor=Actor("jdoe", "coordinator"),
+            )
+            accounts.add_user(
+                session, "pharm", "correct horse battery", "pharmacist", datetime.now(UTC)
+            )
+        (home / "responses" / "denial.json").write_text(json.dumps(denial))
+        assert nightly_flow.nightly_run(return_state=True).is_completed()
+        assert len(smtp.messages) == 1 and len(hook.requests) == 1
+
+        portal = TestClient(create_app(settings))
+        portal.post("/login", data={"username": "pharm", "password": "correct horse battery"})
+        case_page = portal.get("/cases/CANARY-1").text
+        assert CANARY["last"] in case_page  # the one page where it belongs
+        ids = re.findall(r'href="/documents/(\d+)"', case_page)
+        downloads = [portal.get(f"/documents/{i}") for i in ids]
+        assert all(r.status_code == 200 for r in downloads)
+        portal.app.state.store.dispose()
+
+    letter = downloads[0].content
+    assert CANARY["last"] in " ".join(p.extract_text() for p in PdfReader(io_bytes(letter)).pages)
+
+    needles = [CANARY["first"], CANARY["last"], CANARY["member"], CANARY["dob"], "07/07/1977"]
+    places: dict[str, str] = {
+        "smtp": "\n".join(m.raw.decode("utf-8", "replace") for m in smtp.messages),
+        "webhook": "\n".join(r.body.decode("utf-8", "replace") for r in hook.requests),
+        "python logs": "\n".join(r.getMessage() for r in caplog.records),
+        "pdf metadata": "\n".join(str(PdfReader(io_bytes(r.content)).metadata) for r in downloads),
+        "download names": "\n".join(r.headers["content-disposition"] for r in downloads),
+    }
+    # Every table of our store except the case row itself.
+    with store.session() as session:
+        for table in CaseRow.metadata.sorted_tables:
+            if table.name in ("cases", "users", "sessions"):
+                continue
+            places[f"store.{table.name}"] = repr(session.execute(select(table)).all())
+        row = session.get(CaseRow, "CANARY-1")
+        places["store.cases (other columns)"] = repr(
+            {
+                k: v
+                for k, v in vars(row).items()
+                if k not in ("patient_name", "date_of_birth", "member_id", "_sa_instance_state")
+            }
+        )
+    store.dispose()
+    # Prefect's own database (flow runs, parameters, logs, artifacts, events).
+    prefect_db = PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1]
+    db_files = [Path(prefect_db), Path(prefect_db + "-wal")]
+    places["prefect database"] = "".join(
+        p.read_bytes().decode("utf-8", "replace") for p in db_files if p.exists()
+    )
+    assert "CANARY-1" in places["prefect database"]  # we are reading the right database
+    for path in (home / "letters").rglob("summary.json"):
+        places[f"summary {path.parent.name}"] = path.read_text(encoding="utf-8")
+    leaks = {where: [n for n in needles if n in text] for where, text in places.items()}
+    assert {k: v for k, v in leaks.items() if v} == {}
+
+
+def io_bytes(data: bytes):
+    import io
+
+    return io.BytesIO(data)

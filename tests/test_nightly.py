@@ -295,3 +295,83 @@ def test_kill_at_a_random_moment_then_rerun_matches_a_clean_run(
         assert 1 <= len(smtp.messages) <= 2
     assert not list(home.rglob("*.tmp"))
     assert snapshot(home) == clean_state
+
+
+def test_bad_input_of_every_kind_is_set_aside_and_the_rest_completes(tmp_path):
+    """Every invalid case fixture and every malformed payer file in one night."""
+    home = make_home(tmp_path, [p.name for p in sorted(CASES.iterdir())])
+    invalid = sorted(p for p in INVALID.iterdir() if p.suffix in (".yaml", ".json"))
+    for path in invalid:
+        shutil.copy(path, home / "intake" / path.name)
+    malformed = sorted((FIXTURES / "responses" / "malformed").iterdir())
+    (home / "responses").mkdir()
+    for path in malformed:
+        shutil.copy(path, home / "responses" / path.name)
+    assert len(invalid) + len(malformed) >= 20
+    report = run_night(settings_for(home), datetime(2026, 11, 25, 2, 0, tzinfo=UTC))
+    assert len(report.letters) == len(list(CASES.iterdir()))
+    quarantined = {
+        p.name for p in (home / "quarantine").iterdir() if not p.name.endswith(".reason.txt")
+    }
+    assert quarantined == {p.name for p in invalid} | {p.name for p in malformed}
+    for name in quarantined:
+        reason = (home / "quarantine" / f"{name}.reason.txt").read_text()
+        assert name in reason and len(reason.splitlines()) >= 1
+    assert not list((home / "intake").glob("bad-*"))
+    assert not [p for p in (home / "responses").iterdir() if p.is_file()]
+
+
+def test_expiring_authorization_gets_one_renewal_letter(tmp_path):
+    home = make_home(tmp_path, ["ms-dmt-failure-privigen.yaml"])
+    settings = settings_for(home)
+    catalog = load_catalog(settings.reference_dir)
+    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+    run_night(settings, now)
+    store = Store(settings.db_url)
+    from datetime import date
+
+    from priorauth.tracking import set_status
+
+    with store.session() as session:
+        submit(
+            session,
+            "MS-1001",
+            method="fax",
+            reference="F",
+            now=now,
+            catalog=catalog,
+            actor=Actor("jdoe", "coordinator"),
+        )
+        set_status(
+            session,
+            "MS-1001",
+            "approved",
+            actor=Actor("jdoe", "coordinator"),
+            now=now,
+            catalog=catalog,
+            settings=settings,
+            reference="AUTH-77",
+            auth_start=date(2026, 6, 1),
+            auth_end=date(2026, 12, 20),
+            auth_units=2100,
+        )
+    first = run_night(settings, now)
+    second = run_night(settings, now)
+    assert first.renewals == ["MS-1001"] and second.renewals == ["MS-1001"]
+    with store.session() as session:
+        kinds = session.execute(
+            select(DocumentRow.kind, DocumentRow.version)
+            .where(DocumentRow.kind.like("renewal_%"))
+            .order_by(DocumentRow.kind)
+        ).all()
+    assert [tuple(k) for k in kinds] == [("renewal_letter", 1), ("renewal_packet", 1)]
+    letter = home / "letters" / "MS-1001" / "renewal-2026-12-20" / "letter.pdf"
+    from pypdf import PdfReader
+
+    text = " ".join(" ".join(page.extract_text() for page in PdfReader(letter).pages).split())
+    assert "renewal" in text and "AUTH-77" in text and "December 20, 2026" in text
+    # After the end date the authorization expires.
+    run_night(settings, datetime(2026, 12, 21, 2, 0, tzinfo=UTC))
+    with store.session() as session:
+        assert session.get(CaseRow, "MS-1001").status == "expired"
+    store.dispose()

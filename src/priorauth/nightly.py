@@ -447,6 +447,7 @@ def run_night(
     `map_chunks` to make each step (and each chunk of new cases) a task run; without them the
     steps run inline (tests, benchmarks, `python -m priorauth.nightly`)."""
     home = settings.home
+    channels(settings.notify_urls)  # a broken PRIORAUTH_NOTIFY_URLS stops the run before it starts
     ensure_folders(home)
     store = Store(settings.db_url)
     report = NightReport()
