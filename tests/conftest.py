@@ -26,6 +26,29 @@ INVALID = FIXTURES / "invalid"
 ATTACHMENTS = FIXTURES / "attachments"
 TODAY = date(2026, 11, 25)
 BASE_CASE = CASES / "ms-dmt-failure-privigen.yaml"
+# The machine-readable `dosing` keys of DOMAIN.md §5, plus the basis the prescriber asked for.
+DOSING_KEYS = {
+    "weight_basis",
+    "requested_basis",
+    "actual_weight_kg",
+    "ideal_weight_kg",
+    "adjusted_weight_kg",
+    "bmi",
+    "dosing_weight_kg",
+    "g_per_kg_per_course",
+    "days_per_course",
+    "calculated_g_per_day",
+    "dispensed_g_per_day",
+    "vials_per_day",
+    "dispensed_g_per_course",
+    "billing_units_per_course",
+    "interval_days",
+    "authorization_days",
+    "courses_in_authorization",
+    "billing_units_in_authorization",
+    "warnings",
+}
+
 
 # CI points PRIORAUTH_DATABASE_URL at a PostgreSQL server; tests that need one read it here,
 # then make a database of their own on that server.

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import DOSING_KEYS
 from priorauth.catalog import Product, load_catalog
 from priorauth.dosing import (
     IN_TO_CM,
@@ -47,28 +48,6 @@ WORKED = DoseRequest(
     interval_days=28,
     authorization_days=180,
 )
-
-DOSING_KEYS = {
-    "weight_basis",
-    "requested_basis",
-    "actual_weight_kg",
-    "ideal_weight_kg",
-    "adjusted_weight_kg",
-    "bmi",
-    "dosing_weight_kg",
-    "g_per_kg_per_course",
-    "days_per_course",
-    "calculated_g_per_day",
-    "dispensed_g_per_day",
-    "vials_per_day",
-    "dispensed_g_per_course",
-    "billing_units_per_course",
-    "interval_days",
-    "authorization_days",
-    "courses_in_authorization",
-    "billing_units_in_authorization",
-    "warnings",
-}
 
 
 def vials(*pairs: tuple[str | int, int]) -> tuple[VialCount, ...]:
