@@ -199,6 +199,7 @@ def test_phi_canary_stays_where_it_belongs(harness, tmp_path: Path, monkeypatch,
     import shutil
 
     from fastapi.testclient import TestClient
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
     from pypdf import PdfReader
     from sqlalchemy import select
@@ -267,6 +268,24 @@ def test_phi_canary_stays_where_it_belongs(harness, tmp_path: Path, monkeypatch,
         downloads = [portal.get(f"/documents/{i}") for i in ids]
         assert all(r.status_code == 200 for r in downloads)
         portal.app.state.store.dispose()
+
+    async def denial_events() -> list:
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        async with get_client() as client:
+            for _ in range(40):  # the server stores events asynchronously
+                page = await client.read_events(
+                    filter=EventFilter(event=EventNameFilter(name=["priorauth.case.denied"])),
+                    limit=50,
+                )
+                if page.events:
+                    return page.events
+                await asyncio.sleep(0.25)
+        return []
+
+    events = asyncio.run(denial_events())
+    assert [e.resource.id for e in events] == ["priorauth.case.CANARY-1"]
+    assert events[0].payload["reason_code"] == "EXPERIMENTAL_INVESTIGATIONAL"
 
     letter = downloads[0].content
     assert CANARY["last"] in " ".join(p.extract_text() for p in PdfReader(io_bytes(letter)).pages)
