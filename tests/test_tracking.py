@@ -481,3 +481,24 @@ def test_two_coordinators_submit_the_same_case_at_once(store, catalog) -> None:
             )
             == 1
         )
+
+
+def test_follow_up_every_two_business_days(store, catalog) -> None:
+    from priorauth.tracking import business_days_before, follow_ups_due
+
+    assert business_days_before(date(2026, 11, 24), 2) == date(2026, 11, 20)  # Tue → Fri
+    friday = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session,
+            case_id,
+            method="fax",
+            reference=None,
+            actor=COORDINATOR,
+            now=friday,
+            catalog=catalog,
+        )
+    with store.session() as session:
+        assert follow_ups_due(session, datetime(2026, 11, 23, 9, tzinfo=UTC), 2) == []  # Monday
+        assert follow_ups_due(session, datetime(2026, 11, 24, 9, tzinfo=UTC), 2) == [case_id]

@@ -41,6 +41,7 @@ from priorauth.tracking import (
     expire_ended,
     expiring,
     flag_overdue,
+    follow_ups_due,
     ingest_response,
     mark_needs_info,
     record_documents,
@@ -66,6 +67,7 @@ class NightReport:
     notices_sent: int = 0
     notices_failed: int = 0
     overdue: list[str] = field(default_factory=list)
+    follow_ups: list[str] = field(default_factory=list)
     renewals: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
@@ -81,6 +83,7 @@ class NightReport:
             "notices_sent": self.notices_sent,
             "notices_failed": self.notices_failed,
             "overdue": self.overdue,
+            "follow_ups": self.follow_ups,
             "renewals": self.renewals,
             "expired": self.expired,
             "responses": dict(self.responses),
@@ -112,6 +115,11 @@ class NightReport:
             {"what": "notifications sent", "count": self.notices_sent, "cases": ""},
             {"what": "notifications failed", "count": self.notices_failed, "cases": ""},
             {"what": "overdue", "count": len(self.overdue), "cases": " ".join(self.overdue)},
+            {
+                "what": "follow up with payer",
+                "count": len(self.follow_ups),
+                "cases": " ".join(self.follow_ups),
+            },
             {"what": "renewals", "count": len(self.renewals), "cases": " ".join(self.renewals)},
             {"what": "expired", "count": len(self.expired), "cases": " ".join(self.expired)},
         ]
@@ -409,10 +417,13 @@ def renew(
         report.renewals.append(case_id)
 
 
-def finish(store: Store, today: date, now: datetime, report: NightReport) -> None:
+def finish(
+    store: Store, today: date, now: datetime, report: NightReport, follow_up_business_days: int = 2
+) -> None:
     with store.session() as session:
         report.expired = expire_ended(session, today, now)
         report.overdue = flag_overdue(session, now)
+        report.follow_ups = follow_ups_due(session, now, follow_up_business_days)
         report.by_status = dict(
             session.execute(select(CaseRow.status, func.count()).group_by(CaseRow.status)).all()
         )
@@ -477,7 +488,7 @@ def run_night(
             "renewals-and-deadlines",
             lambda: (
                 renew(store, bench, home, now.date(), now, report),
-                finish(store, now.date(), now, report),
+                finish(store, now.date(), now, report, bench.catalog.follow_up_business_days),
             ),
         )
     finally:

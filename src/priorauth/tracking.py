@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -539,6 +539,28 @@ def flag_overdue(session: Session, now: datetime, actor: Actor = NIGHTLY) -> lis
             row.overdue_since = now
             audit(session, actor, "overdue", "flagged", now, case_id=row.case_id)
     return sorted(row.case_id for row in rows)
+
+
+def business_days_before(day: date, count: int) -> date:
+    """The date `count` business days (Monday-Friday) before `day`."""
+    while count > 0:
+        day -= timedelta(days=1)
+        if day.weekday() < 5:
+            count -= 1
+    return day
+
+
+def follow_ups_due(session: Session, now: datetime, business_days: int) -> list[str]:
+    """Cases still awaiting a decision whose last change is `business_days` business days old
+    or more: staff follow up with the payer (DOMAIN.md §8, every 2 business days)."""
+    threshold = business_days_before(now.date(), business_days)
+    rows = session.scalars(
+        select(CaseRow.case_id).where(
+            CaseRow.status.in_([str(s) for s in AWAITING_DECISION]),
+            CaseRow.updated_at < datetime.combine(threshold + timedelta(days=1), time(), UTC),
+        )
+    ).all()
+    return sorted(rows)
 
 
 def expiring(session: Session, today: date, lead_days: int) -> list[CaseRow]:
