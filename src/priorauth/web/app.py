@@ -30,7 +30,7 @@ from priorauth.catalog import load_catalog
 from priorauth.errors import PriorAuthError
 from priorauth.pipeline import Workbench, document_records, generate_case
 from priorauth.settings import Settings, load_settings
-from priorauth.statuses import AUTHORIZED, AWAITING_DECISION, Status
+from priorauth.statuses import ALLOWED, AUTHORIZED, AWAITING_DECISION, Status
 from priorauth.store import AuditRow, CaseRow, DocumentRow, Store
 from priorauth.tracking import (
     Actor,
@@ -391,7 +391,11 @@ def create_app(
                 "summary": row.summary or {},
                 "payer": payer,
                 "can_edit": accounts.allows(who.role, "coordinator"),
-                "statuses": [str(s) for s in Status],
+                # only the moves the state machine allows from here (submission has its form)
+                "next_statuses": sorted(
+                    str(s) for s in ALLOWED[Status(row.status)] if s is not Status.SUBMITTED
+                ),
+                "can_submit": Status.SUBMITTED in ALLOWED[Status(row.status)],
                 "message": request.query_params.get("done"),
             },
         )
