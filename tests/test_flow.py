@@ -270,12 +270,16 @@ def test_phi_canary_stays_where_it_belongs(harness, tmp_path: Path, monkeypatch,
         portal.app.state.store.dispose()
 
     async def denial_events() -> list:
-        from prefect.events.filters import EventFilter, EventNameFilter
+        from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
         async with get_client() as client:
             for _ in range(40):  # the server stores events asynchronously
                 page = await client.read_events(
-                    filter=EventFilter(event=EventNameFilter(name=["priorauth.case.denied"])),
+                    # other tests in this module share the server and emit their own denials
+                    filter=EventFilter(
+                        event=EventNameFilter(name=["priorauth.case.denied"]),
+                        resource=EventResourceFilter(id=["priorauth.case.CANARY-1"]),
+                    ),
                     limit=50,
                 )
                 if page.events:
