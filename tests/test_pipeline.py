@@ -320,3 +320,23 @@ def test_broken_reference_data_is_reported(tmp_path: Path) -> None:
     (tmp_path / "payers.yaml").write_text(yaml.safe_dump(payers))
     with pytest.raises(ReferenceDataError, match="unknown products"):
         load_catalog(tmp_path)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batch_results_hold_patient_records_only_when_asked(tmp_path: Path, workers: int) -> None:
+    """A batch for reporting (CLI, letters flow) gets lean results: no validated case, no summary,
+    so neither patient data nor memory per case piles up in the parent or in Prefect task results.
+    The nightly run asks for the records it stores."""
+    from priorauth.pipeline import BatchRunner
+
+    settings = load_settings().model_copy(update={"workers": workers})
+    paths = [CASES / "ms-dmt-failure-privigen.yaml", CASES / "pid-3001.yaml"]
+    with BatchRunner(settings, today=TODAY, out_dir=tmp_path / "lean") as runner:
+        lean = runner.run(paths)
+    with BatchRunner(settings, today=TODAY, out_dir=tmp_path / "full", keep_records=True) as runner:
+        full = runner.run(paths)
+    assert [r.case_id for r in lean] == [r.case_id for r in full] == ["MS-1001", "PID-3001"]
+    assert all(r.ok and r.case is None and r.summary is None for r in lean)
+    assert all(r.folder and r.case_sha256 for r in lean)
+    assert [r.case.case_id for r in full] == ["MS-1001", "PID-3001"]
+    assert full[0].summary["documents"]["letter"]["sha256"]

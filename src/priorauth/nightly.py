@@ -469,7 +469,9 @@ def run_night(
             size = max(1, min(settings.chunk_size, -(-len(files) // (settings.workers * 2))))
             workers = max(1, min(settings.workers, -(-len(files) // size)))
             run_settings = settings.model_copy(update={"workers": workers})
-            with BatchRunner(run_settings, today=now.date(), out_dir=home / "letters") as runner:
+            with BatchRunner(
+                run_settings, today=now.date(), out_dir=home / "letters", keep_records=True
+            ) as runner:
 
                 def letters_chunk(paths: list[Path]) -> list[str]:
                     results = runner.run_chunk(paths)

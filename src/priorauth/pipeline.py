@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,11 @@ class CaseResult:
     @property
     def ok(self) -> bool:
         return self.status == "ready"
+
+    def lean(self) -> CaseResult:
+        """Without the validated case and summary (patient data): what a caller that only reports
+        IDs and statuses keeps, so a batch's memory does not grow with its patients' records."""
+        return replace(self, case=None, summary=None)
 
 
 @dataclass
@@ -320,9 +325,16 @@ def _init_worker(settings_json: str, today_iso: str) -> None:
     )
 
 
-def _run_chunk(paths: list[str], out_dir: str) -> list[CaseResult]:
+def _generate_all(
+    paths: Iterable[Path], bench: Workbench, out_dir: Path, keep_records: bool
+) -> list[CaseResult]:
+    results = (generate_case(p, bench=bench, out_dir=out_dir) for p in paths)
+    return [r if keep_records else r.lean() for r in results]
+
+
+def _run_chunk(paths: list[str], out_dir: str, keep_records: bool) -> list[CaseResult]:
     assert _BENCH is not None, "worker not initialised"
-    return [generate_case(Path(p), bench=_BENCH, out_dir=Path(out_dir)) for p in paths]
+    return _generate_all(map(Path, paths), _BENCH, Path(out_dir), keep_records)
 
 
 def chunked(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -334,13 +346,17 @@ class BatchRunner:
     """Long-lived render workers (one process each), fed chunks of case files.
 
     With `workers == 1` everything runs in this process. Workers start with `forkserver` so a
-    threaded parent (Prefect's engine) is never forked mid-lock.
+    threaded parent (Prefect's engine) is never forked mid-lock. Results are lean (IDs, statuses,
+    errors) unless `keep_records` asks for the validated case and summary the tracking store needs.
     """
 
-    def __init__(self, settings: Settings, *, today: date, out_dir: Path) -> None:
+    def __init__(
+        self, settings: Settings, *, today: date, out_dir: Path, keep_records: bool = False
+    ) -> None:
         self.settings = settings
         self.today = today
         self.out_dir = out_dir
+        self.keep_records = keep_records
         self._pool: Executor | None = None
         self._local: Workbench | None = None
 
@@ -367,9 +383,14 @@ class BatchRunner:
         """Generate one chunk of cases (in one worker process) and wait for it."""
         if self._pool is None:
             assert self._local is not None, "use BatchRunner as a context manager"
-            return [generate_case(p, bench=self._local, out_dir=self.out_dir) for p in paths]
-        future = self._pool.submit(_run_chunk, [str(p) for p in paths], str(self.out_dir))
-        return future.result()
+            return _generate_all(paths, self._local, self.out_dir, self.keep_records)
+        return self._submit(paths).result()
+
+    def _submit(self, paths: list[Path]) -> Future[list[CaseResult]]:
+        assert self._pool is not None
+        return self._pool.submit(
+            _run_chunk, [str(p) for p in paths], str(self.out_dir), self.keep_records
+        )
 
     def run(self, paths: Iterable[Path]) -> list[CaseResult]:
         """Every case, chunk by chunk over all workers, results in input order."""
@@ -377,8 +398,5 @@ class BatchRunner:
         if self._pool is None:
             return self.run_chunk(paths)
         size = max(1, min(self.settings.chunk_size, -(-len(paths) // (self.settings.workers * 4))))
-        futures = [
-            self._pool.submit(_run_chunk, [str(p) for p in chunk], str(self.out_dir))
-            for chunk in chunked(paths, size)
-        ]
+        futures = [self._submit(chunk) for chunk in chunked(paths, size)]
         return [result for future in futures for result in future.result()]
