@@ -14,6 +14,7 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -438,8 +439,14 @@ def finish(
         )
 
 
-def _each(fn: Callable[[list[Path]], Any], chunks: list[list[Path]]) -> list[Any]:
-    return [fn(chunk) for chunk in chunks]
+def _threads(workers: int) -> Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]]:
+    """Chunks on `workers` threads, so every render worker is busy (as the flow's task runner)."""
+
+    def run(fn: Callable[[list[Path]], Any], chunks: list[list[Path]]) -> list[Any]:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="letters") as pool:
+            return list(pool.map(fn, chunks))
+
+    return run
 
 
 def _call(name: str, fn: Callable[[], Any]) -> Any:
@@ -452,11 +459,12 @@ def run_night(
     *,
     on_denial: Callable[[dict[str, str]], None] = lambda denial: None,
     step: Callable[[str, Callable[[], Any]], Any] = _call,
-    map_chunks: Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]] = _each,
+    map_chunks: Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]] | None = None,
 ) -> NightReport:
     """One night's work over $PRIORAUTH_HOME, step by step. The Prefect flow passes `step` and
     `map_chunks` to make each step (and each chunk of new cases) a task run; without them the
-    steps run inline (tests, benchmarks, `python -m priorauth.nightly`)."""
+    steps run inline and chunks on one thread per render worker (tests, benchmarks,
+    `python -m priorauth.nightly`)."""
     home = settings.home
     channels(settings.notify_urls)  # a broken PRIORAUTH_NOTIFY_URLS stops the run before it starts
     ensure_folders(home)
@@ -478,7 +486,7 @@ def run_night(
                     record_results(store, results, home, now, report)
                     return [r.case_id for r in results]
 
-                map_chunks(letters_chunk, list(chunked(files, size)))
+                (map_chunks or _threads(workers))(letters_chunk, list(chunked(files, size)))
         step(
             "payer-responses", lambda: ingest_responses(store, bench, home, now, report, on_denial)
         )
