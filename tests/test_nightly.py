@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import ATTACHMENTS, CASES, FIXTURES, INVALID
+from priorauth import nightly
 from priorauth.catalog import load_catalog
 from priorauth.files import sha256_file
 from priorauth.nightly import run_night
@@ -321,7 +322,7 @@ def test_bad_input_of_every_kind_is_set_aside_and_the_rest_completes(tmp_path):
     assert not [p for p in (home / "responses").iterdir() if p.is_file()]
 
 
-def test_expiring_authorization_gets_one_renewal_letter(tmp_path):
+def test_expiring_authorization_gets_one_renewal_letter(tmp_path, monkeypatch):
     home = make_home(tmp_path, ["ms-dmt-failure-privigen.yaml"])
     settings = settings_for(home)
     catalog = load_catalog(settings.reference_dir)
@@ -356,8 +357,17 @@ def test_expiring_authorization_gets_one_renewal_letter(tmp_path):
             auth_units=2100,
         )
     first = run_night(settings, now)
+    rendered: list[dict] = []
+    real_generate = nightly.generate_case
+
+    def counting_generate(*args, **kwargs):
+        rendered.append(kwargs.get("renewal"))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(nightly, "generate_case", counting_generate)
     second = run_night(settings, now)
     assert first.renewals == ["MS-1001"] and second.renewals == ["MS-1001"]
+    assert rendered == []  # listed again, not rendered again
     with store.session() as session:
         kinds = session.execute(
             select(DocumentRow.kind, DocumentRow.version)

@@ -390,13 +390,31 @@ def send_notifications(
 def renew(
     store: Store, bench: Workbench, home: Path, today: date, now: datetime, report: NightReport
 ) -> None:
-    """Renewal letters for authorizations ending within the renewal window (DOMAIN.md §8)."""
+    """Renewal letters for authorizations ending within the renewal window (DOMAIN.md §8).
+
+    Every case in the window is listed each night; its letter is rendered once per authorization
+    end date (a later night only lists it, unless the letter went missing)."""
     with store.session() as session:
         due = [
             (r.case_id, r.source_file, r.auth_number, r.auth_end)
             for r in expiring(session, today, bench.catalog.renewal_lead_days)
         ]
+        made = {
+            (case_id, part)
+            for case_id, path in session.execute(
+                select(DocumentRow.case_id, DocumentRow.path).where(
+                    DocumentRow.kind == "renewal_letter",
+                    DocumentRow.case_id.in_([d[0] for d in due]),
+                )
+            )
+            if (home / path).is_file()
+            for part in Path(path).parts
+            if part.startswith("renewal-")
+        }
     for case_id, source, auth_number, auth_end in due:
+        if (case_id, f"renewal-{auth_end}") in made:
+            report.renewals.append(case_id)
+            continue
         renewal = {"auth_number": auth_number, "auth_end": auth_end}
         result = generate_case(Path(source), bench=bench, out_dir=home / "letters", renewal=renewal)
         if not result.ok or result.summary is None:
