@@ -399,3 +399,39 @@ def test_admin_sees_the_audit_log(portal) -> None:
     c.get(f"/documents/{doc_id(portal)}")
     page = c.get("/audit?action=download").text
     assert "download" in page and "MS-1001" in page and "admin1" in page
+
+
+def test_regenerate_of_a_case_file_that_no_longer_validates_is_refused_and_audited(portal) -> None:
+    with portal["store"].session() as s:
+        source = Path(s.get(CaseRow, "MS-1001").source_file)
+    source.write_text(source.read_text().replace("G35.A", "G35"))  # no longer billable
+    c = client(portal, "coordinator")
+    before = audit_count(portal, "generate", "invalid")
+    r = c.post("/cases/MS-1001/regenerate", data={"csrf_token": csrf_of(c)}, follow_redirects=False)
+    assert r.status_code == 409
+    assert "no longer validates" in r.text and "diagnoses[0].code" in r.text
+    assert audit_count(portal, "generate", "invalid") == before + 1
+    with portal["store"].session() as s:
+        kinds = s.scalars(select(DocumentRow.kind).where(DocumentRow.case_id == "MS-1001")).all()
+    assert sorted(kinds) == ["letter", "packet"]  # nothing new recorded
+
+
+def test_a_burst_of_concurrent_downloads_is_served_and_each_audited_once(portal) -> None:
+    """More requests in flight than the server has worker threads: none may wait on a database
+    connection its own request holds (a download reads, then writes its audit row)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    document = doc_id(portal)
+    with TestClient(portal["app"]) as c:
+        r = c.post(
+            "/login",
+            data={"username": "pharmacist1", "password": PASSWORD},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+        before = audit_count(portal, "download", "ok")
+        with ThreadPoolExecutor(max_workers=80) as pool:
+            futures = [pool.submit(c.get, f"/documents/{document}") for _ in range(160)]
+            codes = [f.result(timeout=120).status_code for f in futures]
+    assert codes == [200] * 160
+    assert audit_count(portal, "download", "ok") == before + 160

@@ -474,17 +474,18 @@ def create_app(
     def regenerate(
         case_id: str,
         who: Coordinator,
-        session: WriteDB,
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
         csrf(who, csrf_token)
-        row = load_case(session, case_id)
+        # No transaction is held while the PDFs render: read, render, then write.
+        with store.reader() as session:
+            source = load_case(session, case_id).source_file
         now = clock()
         if now.date() not in {b.today for b in bench.values()}:
             bench.clear()
             bench[now.date().isoformat()] = Workbench.build(settings, now.date())
         work = next(iter(bench.values()))
-        result = generate_case(Path(row.source_file), bench=work, out_dir=settings.home / "letters")
+        result = generate_case(Path(source), bench=work, out_dir=settings.home / "letters")
         if not result.ok or result.summary is None:
             record(
                 who,
@@ -498,18 +499,21 @@ def create_app(
                 "The case file no longer validates: "
                 + "; ".join(f"{e['field']}: {e['message']}" for e in result.errors),
             )
-        record_documents(
-            session, case_id, document_records(result, settings.home), actor=who.actor, now=now
-        )
+        with store.session() as session:
+            record_documents(
+                session, case_id, document_records(result, settings.home), actor=who.actor, now=now
+            )
         return back(case_id, "regenerated")
 
     # ---- downloads -----------------------------------------------------------------------
 
     @app.get("/documents/{document_id}")
-    def download(document_id: int, who: CurrentViewer, session: DB) -> Response:
+    def download(document_id: int, who: CurrentViewer) -> Response:
         """Looked up by ID in the store; the request never names a path. The file must sit
-        under letters/ and still have the SHA-256 recorded when it was generated."""
-        doc = session.get(DocumentRow, document_id)
+        under letters/ and still have the SHA-256 recorded when it was generated. The lookup's
+        read transaction ends before the audit row is written (one connection at a time)."""
+        with store.reader() as session:
+            doc = session.get(DocumentRow, document_id)
         if doc is None:
             raise HTTPException(404)
         path = (settings.home / doc.path).resolve()
