@@ -384,6 +384,10 @@ def test_queue_filters_and_search(portal) -> None:
     found = c.get("/cases?q=pid-30").text
     assert "PID-3001" in found and "MS-1001" not in found
     assert "1 case" in found
+    assert "3 cases" in c.get("/cases?q=%20").text  # blank: no search
+    for literal in ["MS_1001", "MS%", "M%1"]:  # wildcards are taken literally
+        assert "0 cases" in c.get("/cases", params={"q": literal}).text, literal
+    assert "2 cases" in c.get("/cases?q=Ms-100").text
 
 
 def test_every_page_says_no_store(portal) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -70,6 +71,13 @@ class CaseRow(Base):
     letter), nowhere else in the store."""
 
     __tablename__ = "cases"
+    __table_args__ = (  # the work queue: every filter reads its page in index order
+        Index("ix_cases_updated_case", "updated_at", "case_id"),
+        Index("ix_cases_status_updated_case", "status", "updated_at", "case_id"),
+        Index("ix_cases_payer_updated_case", "payer_id", "updated_at", "case_id"),
+        Index("ix_cases_status_due_by", "status", "due_by"),
+        Index("ix_cases_status_auth_end", "status", "auth_end"),
+    )
 
     case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(32), index=True)

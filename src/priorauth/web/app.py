@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from itsdangerous import BadSignature, Signer
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from priorauth import accounts
@@ -280,6 +280,18 @@ def create_app(
     def home() -> Response:
         return RedirectResponse("/cases", status_code=303)
 
+    sqlite = store.engine.dialect.name == "sqlite"
+
+    def id_prefix(prefix: str) -> ColumnElement[bool]:
+        """Case IDs starting with `prefix` (taken literally). On SQLite a range on the primary
+        key lets the index find them (its LIKE is case-insensitive and scans every row); the
+        range is exact there because SQLite compares text byte by byte."""
+        escaped = prefix.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        match = CaseRow.case_id.like(escaped + "%", escape="/")
+        if sqlite:
+            match = and_(CaseRow.case_id >= prefix, CaseRow.case_id < prefix + "\U0010ffff", match)
+        return match
+
     @app.get("/cases", response_class=HTMLResponse)
     def queue(
         request: Request,
@@ -307,11 +319,9 @@ def create_app(
             conditions.append(
                 CaseRow.auth_end.between(today, today + timedelta(days=EXPIRING_DAYS))
             )
-        if q:
-            conditions.append(
-                CaseRow.case_id.startswith(q.strip().upper(), autoescape=True)
-                | CaseRow.case_id.startswith(q.strip(), autoescape=True)
-            )
+        if q.strip():
+            term = q.strip()
+            conditions.append(or_(*(id_prefix(p) for p in {term, term.upper(), term.lower()})))
         where = and_(*conditions) if conditions else None
         count_stmt = select(func.count()).select_from(CaseRow)
         rows_stmt = select(
@@ -329,10 +339,14 @@ def create_app(
         total = session.scalar(count_stmt) or 0
         pages = max(1, math.ceil(total / PAGE_SIZE))
         page_number = min(page_number, pages)
+        if overdue:  # most overdue first
+            order = (CaseRow.due_by, CaseRow.case_id)
+        elif expiring:  # soonest to end first
+            order = (CaseRow.auth_end, CaseRow.case_id)
+        else:  # most recently changed first (read backwards along an index)
+            order = (CaseRow.updated_at.desc(), CaseRow.case_id.desc())
         rows = session.execute(
-            rows_stmt.order_by(CaseRow.updated_at.desc(), CaseRow.case_id)
-            .limit(PAGE_SIZE)
-            .offset((page_number - 1) * PAGE_SIZE)
+            rows_stmt.order_by(*order).limit(PAGE_SIZE).offset((page_number - 1) * PAGE_SIZE)
         ).all()
         items = []
         for r in rows:
