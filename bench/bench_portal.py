@@ -20,6 +20,7 @@ error. Afterwards the audit log must hold exactly one `download`/`ok` row per su
 Every name is synthetic and everything lives in the temporary folder.
 
     .venv/bin/python bench/bench_portal.py                      # 100,000 cases, 50 clients, ~2 min
+    .venv/bin/python bench/bench_portal.py --server-workers 2   # priorauth serve --workers 2
     .venv/bin/python bench/bench_portal.py --json out/portal.json
     .venv/bin/python bench/bench_portal.py --profile            # + in-process query timings/profile
 """
@@ -242,10 +243,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(home: Path, port: int, log_path: Path, workers: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORAUTH_")}
     env["PRIORAUTH_HOME"] = str(home)
     command = [str(Path(sys.executable).with_name("priorauth")), "serve", "--port", str(port)]
+    command += ["--workers", str(workers)]
     log = log_path.open("wb")
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -292,16 +294,34 @@ def server_errors(log_path: Path) -> dict[str, Any]:
     return {"tracebacks": dict(kinds), "access_log_status": dict(statuses)}
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (with --server-workers > 1 uvicorn's workers are its children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo.extend(int(child) for child in task.read_text().split())
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server process and its workers."""
+    total = 0
+    for member in process_tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def rss_mib(pid: int) -> list[float]:
+    """Peak RSS of each server process (the supervisor first when there are workers)."""
+    peaks = []
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return peaks
 
 
 # ---- clients -------------------------------------------------------------------------------------
@@ -713,6 +733,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="per concurrent scenario")
     parser.add_argument("--baseline", type=int, default=200, help="single-client requests")
     parser.add_argument("--documents", type=int, default=200, help="cases with a packet")
+    parser.add_argument(
+        "--server-workers", type=int, default=1, help="priorauth serve --workers (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--profile", action="store_true", help="also time SQL and profile")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -762,7 +785,7 @@ def main() -> int:
         store.dispose()
 
         port = free_port()
-        proc = start_server(built.home, port, root / "server.log")
+        proc = start_server(built.home, port, root / "server.log", args.server_workers)
         t = time.perf_counter()
         clients = [Client(port, name) for name in built.users]
         results["sign_in_s_per_client"] = (time.perf_counter() - t) / len(clients)
@@ -819,7 +842,8 @@ def main() -> int:
             )
             downloads_sent += scenarios[-1]["ok"]
         results["server_peak_rss_mib"] = rss_mib(proc.pid)
-        print(f"server peak RSS {results['server_peak_rss_mib']:.0f} MiB")
+        peaks = ", ".join(f"{mib:.0f}" for mib in results["server_peak_rss_mib"])
+        print(f"server peak RSS {peaks} MiB")
         for client in clients:
             client.close()
         stop_server(proc)  # lets requests the clients gave up on finish before counting

@@ -439,3 +439,78 @@ def test_a_burst_of_concurrent_downloads_is_served_and_each_audited_once(portal)
             codes = [f.result(timeout=120).status_code for f in futures]
     assert codes == [200] * 160
     assert audit_count(portal, "download", "ok") == before + 160
+
+
+def test_priorauth_serve_with_two_processes_shares_sign_ins_and_audits_each_download(
+    seeded: Path, tmp_path: Path
+) -> None:
+    """The README's `priorauth serve`, run as a command with two server processes: a session made
+    by one process is honoured by the other (new connection per request, so the kernel spreads
+    them), and every download is audited once."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    home = tmp_path / "home"
+    shutil.copytree(seeded, home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORAUTH_")}
+    env["PRIORAUTH_HOME"] = str(home)
+    command = [str(Path(sys.executable).parent / "priorauth"), "serve", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "portal did not answer within 60 s"
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, limits=no_reuse, timeout=30) as c:
+            r = c.post("/login", data={"username": "pharmacist1", "password": PASSWORD})
+            assert r.status_code == 303 and r.headers["location"].endswith("/cases")
+            pages = [c.get("/cases") for _ in range(30)]
+            assert all(p.status_code == 200 and "Work queue" in p.text for p in pages)
+            store = Store(load_settings(home=home).db_url, migrate=False)
+            try:
+                with store.reader() as s:
+                    document = s.scalar(
+                        select(DocumentRow.id).where(
+                            DocumentRow.case_id == "MS-1001", DocumentRow.kind == "packet"
+                        )
+                    )
+                    audited = select(func.count(AuditRow.id)).where(
+                        AuditRow.action == "download", AuditRow.outcome == "ok"
+                    )
+                    before = s.scalar(audited)
+                downloads = [c.get(f"/documents/{document}") for _ in range(10)]
+                assert [d.status_code for d in downloads] == [200] * 10
+                assert all(d.content.startswith(b"%PDF-") for d in downloads)
+                with store.reader() as s:
+                    assert s.scalar(audited) == before + 10
+            finally:
+                store.dispose()
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    started = set(re.findall(r"Started server process \[(\d+)\]", output))
+    assert len(started) == 2, output
+    assert "Traceback" not in output, output

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -475,16 +475,51 @@ def nightly_cmd() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Server processes; sessions, lockouts and the audit log live in the store, so any "
+    "process can serve any request (one per core is a good start).",
+)
+def serve(host: str, port: int, workers: int) -> None:
     """Run the staff portal (sign in with an account from `priorauth users add`)."""
-    import uvicorn
+    import contextlib
+    import socket
 
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from priorauth.store import Store
     from priorauth.web.app import create_app
 
-    app = create_app(_settings())
-    uvicorn.run(
-        app, host=host, port=port, proxy_headers=False, server_header=False, log_level="info"
+    settings = _settings()
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "proxy_headers": False,
+        "server_header": False,
+        "log_level": "info",
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Before the processes start: migrate the store and make the session-signing key once, so
+    # they do not race to do it; each process then builds the app from the same environment.
+    Store(settings.db_url).dispose()
+    settings.signing_key()
+    config = uvicorn.Config(
+        "priorauth.web.app:create_app", factory=True, workers=workers, **options
     )
+    listener = config.bind_socket()
+    # uvicorn makes the shared socket without naming TCP, so asyncio leaves Nagle on for the
+    # connections it accepts and a page sent in two writes waits ~40 ms for a delayed ACK
+    # (measured: queue page 14 ms with one process, 56 ms with two). Linux hands the listening
+    # socket's TCP_NODELAY on to every accepted connection.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn.run does the same
+        Multiprocess(config, sockets=[listener]).run()
 
 
 @main.group()

@@ -363,7 +363,7 @@ class BatchRunner:
     def __enter__(self) -> BatchRunner:
         if self.settings.workers > 1:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["priorauth.pipeline"])
+            context.set_forkserver_preload(["priorauth.pipeline", "simple_icd_10_cm"])
             self._pool = ProcessPoolExecutor(
                 max_workers=self.settings.workers,
                 mp_context=context,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jinja2
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
@@ -28,10 +28,13 @@ from sqlalchemy.orm import Session
 from priorauth import accounts
 from priorauth.catalog import load_catalog
 from priorauth.errors import PriorAuthError
-from priorauth.pipeline import Workbench, document_records, generate_case
 from priorauth.settings import Settings, load_settings
 from priorauth.statuses import ALLOWED, AUTHORIZED, AWAITING_DECISION, Status
 from priorauth.store import AuditRow, CaseRow, DocumentRow, Store
+
+if TYPE_CHECKING:
+    from priorauth.pipeline import Workbench
+
 from priorauth.tracking import (
     Actor,
     audit,
@@ -491,6 +494,10 @@ def create_app(
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
         csrf(who, csrf_token)
+        # Imported here: the ICD-10-CM code set it loads takes seconds, which the portal's other
+        # pages do not need (start-up stays fast; the first regeneration pays it once).
+        from priorauth.pipeline import Workbench, document_records, generate_case
+
         # No transaction is held while the PDFs render: read, render, then write.
         with store.reader() as session:
             source = load_case(session, case_id).source_file
