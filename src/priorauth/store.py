@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -335,13 +335,17 @@ class Store:
         self._readers = sessionmaker(
             self.engine.execution_options(priorauth_read_only=True), expire_on_commit=False
         )
+        # SQLite has one writer at a time. Threads of this process take turns here, in order,
+        # instead of polling SQLite's lock with growing sleeps (busy timeout): under 50 portal
+        # clients that polling put seconds on the slowest downloads (each writes an audit row).
+        self._write_turn = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         if migrate and current_revision(self.engine) != head_revision(url):
             upgrade(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One write transaction: committed on success, rolled back on any error."""
-        with self._sessions() as session, session.begin():
+        with self._write_turn or nullcontext(), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
