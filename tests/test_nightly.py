@@ -298,6 +298,61 @@ def test_kill_at_a_random_moment_then_rerun_matches_a_clean_run(
     assert snapshot(home) == clean_state
 
 
+def test_authorized_units_that_run_out_before_the_end_date_are_flagged(tmp_path):
+    """The payer approved fewer units than the schedule needs until the end date: the night that
+    the first uncovered course comes within the renewal window lists the case, and the case view
+    says when the units run out. MS-1001 is 28-day maintenance from 2026-12-01."""
+    from datetime import date
+
+    from priorauth.tracking import case_view, set_status
+
+    home = make_home(tmp_path, ["ms-dmt-failure-privigen.yaml"])
+    settings = settings_for(home)
+    catalog = load_catalog(settings.reference_dir)
+    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+    run_night(settings, now)
+    store = Store(settings.db_url)
+    coordinator = Actor("jdoe", "coordinator")
+    with store.session() as session:
+        row = session.get(CaseRow, "MS-1001")
+        per_course = row.summary["dosing"]["billing_units_per_course"]
+        assert row.summary["inputs"]["interval_days"] == 28
+        assert row.service_start == date(2026, 12, 1)
+        submit(
+            session, "MS-1001", method="fax", reference="F", now=now, catalog=catalog,
+            actor=coordinator,
+        )  # fmt: skip
+        set_status(
+            session,
+            "MS-1001",
+            "partially_approved",
+            actor=coordinator,
+            now=now,
+            catalog=catalog,
+            settings=settings,
+            reason_code="quantity",
+            reference="AUTH-88",
+            auth_start=date(2026, 12, 1),
+            auth_end=date(2027, 5, 29),  # 7 courses: Dec 1, Dec 29, ..., May 18
+            auth_units=3 * per_course,  # covers Dec 1, Dec 29, Jan 26
+        )
+    with store.session() as session:
+        view = case_view(session, "MS-1001")
+    assert view["authorization"]["units_run_out_on"] == "2027-02-23"
+    before = run_night(settings, datetime(2027, 1, 23, 2, 0, tzinfo=UTC))  # 31 days before
+    assert before.units_running_out == []
+    within = run_night(settings, datetime(2027, 1, 24, 2, 0, tzinfo=UTC))  # 30 days before
+    assert within.units_running_out == ["MS-1001"]
+    assert within.summary()["units_running_out"] == ["MS-1001"]
+    assert {"what": "authorized units run out", "count": 1, "cases": "MS-1001"} in within.table()
+    with store.session() as session:  # enough units for every course: nothing to say
+        session.get(CaseRow, "MS-1001").auth_units = 7 * per_course
+    with store.session() as session:
+        assert case_view(session, "MS-1001")["authorization"]["units_run_out_on"] is None
+    assert run_night(settings, datetime(2027, 2, 20, 2, 0, tzinfo=UTC)).units_running_out == []
+    store.dispose()
+
+
 def test_bad_input_of_every_kind_is_set_aside_and_the_rest_completes(tmp_path):
     """Every invalid case fixture and every malformed payer file in one night."""
     home = make_home(tmp_path, [p.name for p in sorted(CASES.iterdir())])

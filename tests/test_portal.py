@@ -174,6 +174,7 @@ def test_coordinator_actions_go_through_the_state_machine(portal) -> None:
     assert refused.status_code == 409 and "cannot move from approved to pending" in refused.text
     page = c.get("/cases/MS-1001").text
     assert "AUTH-1" in page and "coordinator1" in page
+    assert "units run out" not in page  # 2100 units cover every course to the end date
     with portal["store"].session() as s:
         row = s.get(CaseRow, "MS-1001")
         assert (row.status, row.auth_units) == ("approved", 2100)
@@ -191,6 +192,30 @@ def test_regenerate_keeps_one_version_when_nothing_changed(portal) -> None:
             )
         ).all()
     assert versions == [1]
+
+
+def test_case_page_warns_when_authorized_units_run_out_early(portal) -> None:
+    c = client(portal, "coordinator")
+    token = csrf_of(c)
+    with portal["store"].session() as s:
+        per_course = s.get(CaseRow, "MS-1001").summary["dosing"]["billing_units_per_course"]
+    c.post("/cases/MS-1001/submit", data={"method": "fax", "csrf_token": token})
+    r = c.post(
+        "/cases/MS-1001/status",
+        data={
+            "status": "partially_approved",
+            "csrf_token": token,
+            "reason_code": "quantity",
+            "reference": "AUTH-2",
+            "auth_start": "2026-12-01",
+            "auth_end": "2027-05-29",
+            "auth_units": str(3 * per_course),  # courses on Dec 1, Dec 29 and Jan 26
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    page = c.get("/cases/MS-1001").text
+    assert "units run out before the course on 2027-02-23" in page
 
 
 @pytest.mark.parametrize("token", [None, "", "forged-token"])

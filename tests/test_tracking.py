@@ -370,6 +370,7 @@ def test_matching_order(store, catalog, settings) -> None:
             "start": "2026-12-01",
             "end": "2027-05-29",
             "units": 2100,
+            "units_run_out_on": None,  # no dosing stored with this case: nothing to project
         }
 
 

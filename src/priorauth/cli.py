@@ -373,6 +373,11 @@ def status(
         + (" (OVERDUE)" if view["overdue"] else "")
         + (f", due by {view['due_by']}" if view["due_by"] else "")
         + (f", appeal by {view['appeal_deadline']}" if view["appeal_deadline"] else "")
+        + (
+            f", authorized units run out before the course on {runs_out}"
+            if (runs_out := view["authorization"]["units_run_out_on"])
+            else ""
+        )
     )
     for h in view["history"]:
         why = " ".join(x for x in (h["payer_code"], h["reason_code"], h["reason"]) if x)

@@ -47,6 +47,7 @@ from priorauth.tracking import (
     mark_needs_info,
     record_documents,
     register_case,
+    units_running_out,
 )
 
 FOLDERS = ("intake", "responses", "quarantine", "letters")
@@ -70,6 +71,7 @@ class NightReport:
     overdue: list[str] = field(default_factory=list)
     follow_ups: list[str] = field(default_factory=list)
     renewals: list[str] = field(default_factory=list)
+    units_running_out: list[str] = field(default_factory=list)  # authorized units end early
     expired: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
 
@@ -86,6 +88,7 @@ class NightReport:
             "overdue": self.overdue,
             "follow_ups": self.follow_ups,
             "renewals": self.renewals,
+            "units_running_out": self.units_running_out,
             "expired": self.expired,
             "responses": dict(self.responses),
         }
@@ -122,6 +125,11 @@ class NightReport:
                 "cases": " ".join(self.follow_ups),
             },
             {"what": "renewals", "count": len(self.renewals), "cases": " ".join(self.renewals)},
+            {
+                "what": "authorized units run out",
+                "count": len(self.units_running_out),
+                "cases": " ".join(self.units_running_out),
+            },
             {"what": "expired", "count": len(self.expired), "cases": " ".join(self.expired)},
         ]
         rows += [
@@ -437,10 +445,18 @@ def renew(
 
 
 def finish(
-    store: Store, today: date, now: datetime, report: NightReport, follow_up_business_days: int = 2
+    store: Store,
+    today: date,
+    now: datetime,
+    report: NightReport,
+    follow_up_business_days: int = 2,
+    lead_days: int = 30,
 ) -> None:
     with store.session() as session:
         report.expired = expire_ended(session, today, now)
+        report.units_running_out = [
+            case_id for case_id, _ in units_running_out(session, today, lead_days)
+        ]
         report.overdue = flag_overdue(session, now)
         report.follow_ups = follow_ups_due(session, now, follow_up_business_days)
         report.by_status = dict(
@@ -516,7 +532,14 @@ def run_night(
             "renewals-and-deadlines",
             lambda: (
                 renew(store, bench, home, now.date(), now, report),
-                finish(store, now.date(), now, report, bench.catalog.follow_up_business_days),
+                finish(
+                    store,
+                    now.date(),
+                    now,
+                    report,
+                    bench.catalog.follow_up_business_days,
+                    bench.catalog.renewal_lead_days,
+                ),
             ),
         )
     finally:

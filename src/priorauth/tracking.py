@@ -579,6 +579,68 @@ def expiring(session: Session, today: date, lead_days: int) -> list[CaseRow]:
     )
 
 
+def units_run_out(
+    *,
+    auth_start: date | None,
+    auth_end: date | None,
+    auth_units: int | None,
+    service_start: date | None,
+    summary: dict[str, Any] | None,
+) -> date | None:
+    """The first scheduled course the payer's authorized units do not cover, if it falls before
+    the authorization ends; else None (DOMAIN.md §8: warn as authorized units run out).
+
+    The units and dates are the payer's; only their use is projected, on the request's schedule:
+    one course of `billing_units_per_course` every `interval_days`, from the later of the
+    authorization start and the requested start (a single course when there is no interval)."""
+    per_course = ((summary or {}).get("dosing") or {}).get("billing_units_per_course")
+    if auth_units is None or auth_start is None or auth_end is None or not per_course:
+        return None
+    interval = ((summary or {}).get("inputs") or {}).get("interval_days")
+    covered = auth_units // per_course
+    first = max(auth_start, service_start or auth_start)
+    if interval:
+        uncovered = first + timedelta(days=covered * interval)
+    elif covered:
+        return None
+    else:
+        uncovered = first
+    return uncovered if uncovered <= auth_end else None
+
+
+def units_running_out(session: Session, today: date, lead_days: int) -> list[tuple[str, date]]:
+    """(case ID, first uncovered course) of live authorizations whose units run out within
+    `lead_days` (or already have) while the authorization still runs."""
+    rows = session.execute(
+        select(
+            CaseRow.case_id,
+            CaseRow.auth_start,
+            CaseRow.auth_end,
+            CaseRow.auth_units,
+            CaseRow.service_start,
+            CaseRow.summary,
+        )
+        .where(
+            CaseRow.status.in_([str(s) for s in AUTHORIZED]),
+            CaseRow.auth_units.is_not(None),
+            CaseRow.auth_end >= today,
+        )
+        .order_by(CaseRow.case_id)
+    ).all()
+    short = []
+    for case_id, start, end, units, service_start, summary in rows:
+        runs_out = units_run_out(
+            auth_start=start,
+            auth_end=end,
+            auth_units=units,
+            service_start=service_start,
+            summary=summary,
+        )
+        if runs_out is not None and runs_out <= today + timedelta(days=lead_days):
+            short.append((case_id, runs_out))
+    return short
+
+
 def expire_ended(session: Session, today: date, now: datetime, actor: Actor = NIGHTLY) -> list[str]:
     rows = session.scalars(
         select(CaseRow).where(
@@ -639,6 +701,15 @@ def case_view(session: Session, case_id: str) -> dict[str, Any]:
             "start": iso(row.auth_start),
             "end": iso(row.auth_end),
             "units": row.auth_units,
+            "units_run_out_on": iso(
+                units_run_out(
+                    auth_start=row.auth_start,
+                    auth_end=row.auth_end,
+                    auth_units=row.auth_units,
+                    service_start=row.service_start,
+                    summary=row.summary,
+                )
+            ),
         },
         "errors": row.errors or [],
         "history": [
