@@ -298,6 +298,60 @@ def test_kill_at_a_random_moment_then_rerun_matches_a_clean_run(
     assert snapshot(home) == clean_state
 
 
+def _stored(settings, case_id: str) -> tuple[str, str, int]:
+    store = Store(settings.db_url)
+    try:
+        with store.reader() as session:
+            row = session.get(CaseRow, case_id)
+            versions = len(
+                session.scalars(select(DocumentRow.id).where(DocumentRow.case_id == case_id)).all()
+            )
+            return Path(row.source_file).name, row.case_sha256, versions
+    finally:
+        store.dispose()
+
+
+def test_two_intake_files_for_one_case_keep_the_first_and_set_the_other_aside(tmp_path):
+    """Without this the stored case flipped between the two files night after night."""
+    home = make_home(tmp_path, ["ms-1004.yaml"])
+    original = (home / "intake" / "ms-1004.yaml").read_text()
+    changed = original.replace("weight: {value: 101,", "weight: {value: 102,")
+    assert changed != original
+    (home / "intake" / "resent-ms-1004.yaml").write_text(changed)
+    settings = settings_for(home)
+    nights = [run_night(settings, datetime(2026, 11, 25 + n, 2, 0, tzinfo=UTC)) for n in range(3)]
+    assert nights[0].accepted == ["MS-1004"]
+    assert nights[0].quarantined == ["resent-ms-1004.yaml"]
+    assert [n.accepted for n in nights[1:]] == [[], []]
+    assert [n.quarantined for n in nights[1:]] == [[], []]
+    name, sha, versions = _stored(settings, "MS-1004")
+    assert (name, sha) == ("ms-1004.yaml", sha256_file(home / "intake" / "ms-1004.yaml"))
+    assert versions == 2  # one letter, one packet
+    reason = (home / "quarantine" / "resent-ms-1004.yaml.reason.txt").read_text()
+    assert "MS-1004 already comes from ms-1004.yaml" in reason
+    assert (home / "quarantine" / "resent-ms-1004.yaml").read_text() == changed  # kept whole
+
+
+def test_a_corrected_case_file_replaces_the_stored_case_once(tmp_path):
+    """Edited in place, or handed in under a new name once the old file left intake."""
+    home = make_home(tmp_path, ["ms-1004.yaml"])
+    settings = settings_for(home)
+    run_night(settings, datetime(2026, 11, 25, 2, 0, tzinfo=UTC))
+    path = home / "intake" / "ms-1004.yaml"
+    path.write_text(path.read_text().replace("weight: {value: 101,", "weight: {value: 102,"))
+    edited = run_night(settings, datetime(2026, 11, 26, 2, 0, tzinfo=UTC))
+    assert (edited.accepted, edited.quarantined) == (["MS-1004"], [])
+    assert _stored(settings, "MS-1004")[:2] == ("ms-1004.yaml", sha256_file(path))
+    renamed = home / "intake" / "ms-1004-v3.yaml"
+    renamed.write_text(path.read_text().replace("weight: {value: 102,", "weight: {value: 103,"))
+    path.unlink()
+    moved = run_night(settings, datetime(2026, 11, 27, 2, 0, tzinfo=UTC))
+    assert (moved.accepted, moved.quarantined) == (["MS-1004"], [])
+    assert _stored(settings, "MS-1004")[:2] == ("ms-1004-v3.yaml", sha256_file(renamed))
+    quiet = run_night(settings, datetime(2026, 11, 28, 2, 0, tzinfo=UTC))
+    assert (quiet.accepted, quiet.quarantined) == ([], [])
+
+
 def test_authorized_units_that_run_out_before_the_end_date_are_flagged(tmp_path):
     """The payer approved fewer units than the schedule needs until the end date: the night that
     the first uncovered course comes within the renewal window lists the case, and the case view

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,8 +23,10 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from priorauth.domain import CASE_ID_PATTERN
+from priorauth.errors import CaseFileError
 from priorauth.files import crashpoint, write_atomic
-from priorauth.intake import CASE_SUFFIXES
+from priorauth.intake import CASE_SUFFIXES, parse_case_file
 from priorauth.notify import NotifyError, channel_key, channels, send
 from priorauth.pipeline import (
     BatchRunner,
@@ -172,6 +175,70 @@ def new_case_files(store: Store, intake: Path) -> list[Path]:
     with store.session() as session:
         known = set(session.scalars(select(CaseRow.case_sha256)))
     return [p for p in files if _file_sha(p) not in known]
+
+
+def _case_id_in(path: Path) -> str | None:
+    """The case ID a file declares, or None when it cannot be read (validation then says why)."""
+    try:
+        candidate = parse_case_file(path).get("case_id")
+    except CaseFileError:
+        return None
+    return (
+        candidate
+        if isinstance(candidate, str) and re.fullmatch(CASE_ID_PATTERN, candidate)
+        else None
+    )
+
+
+def claim_case_files(
+    store: Store, files: list[Path], home: Path, now: datetime, report: NightReport
+) -> list[Path]:
+    """The new case files that may go on to letters: one intake file per case ID.
+
+    A file for a case that another file in intake already holds (registered earlier, or earlier
+    in name order tonight) is set aside with the reason: both would otherwise be rendered, and
+    the stored case would flip between them night after night. A correction edits or replaces
+    the case's own file; a case whose file is gone from intake may come from a new one."""
+    if not files:
+        return []
+    declared = {path: _case_id_in(path) for path in files}
+    intake = (home / "intake").resolve()
+    wanted = sorted({case_id for case_id in declared.values() if case_id})
+    owners: dict[str, Path] = {}
+    with store.reader() as session:
+        for start in range(0, len(wanted), 500):
+            rows = session.execute(
+                select(CaseRow.case_id, CaseRow.source_file).where(
+                    CaseRow.case_id.in_(wanted[start : start + 500])
+                )
+            )
+            owners.update(
+                (case_id, Path(source).resolve())
+                for case_id, source in rows
+                if Path(source).is_file() and Path(source).resolve().parent == intake
+            )
+    claimed = []
+    for path in files:
+        case_id = declared[path]
+        owner = owners.get(case_id) if case_id else None
+        if owner is None or owner == path.resolve():
+            claimed.append(path)
+            if case_id:
+                owners[case_id] = path.resolve()
+            continue
+        reason = (
+            f"case file set aside: {path.name}\n"
+            f"case_id: case {case_id} already comes from {owner.name} in intake; to correct "
+            f"the case, edit or replace {owner.name} (or remove it, then drop this file in again)"
+        )
+        with store.session() as session:
+            audit(
+                session, NIGHTLY, "intake_quarantined", "duplicate_case_id", now, case_id=case_id,
+                detail=path.name,
+            )  # fmt: skip
+        quarantine(path, reason, home)
+        report.quarantined.append(path.name)
+    return claimed
 
 
 def record_results(
@@ -506,7 +573,12 @@ def run_night(
     report = NightReport()
     bench = Workbench.build(settings, now.date())
     try:
-        files = step("find-new-cases", lambda: new_case_files(store, home / "intake"))
+        files = step(
+            "find-new-cases",
+            lambda: claim_case_files(
+                store, new_case_files(store, home / "intake"), home, now, report
+            ),
+        )
         if files:
             size = max(1, min(settings.chunk_size, -(-len(files) // (settings.workers * 2))))
             workers = max(1, min(settings.workers, -(-len(files) // size)))
