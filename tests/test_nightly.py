@@ -174,7 +174,9 @@ def test_nightly_fills_the_store_sets_bad_files_aside_and_emails_a_denial_once(t
         assert len(smtp.messages) == 1
         mail = smtp.messages[0]
         assert "MS-1004" in mail.text and "EXPERIMENTAL_INVESTIGATIONAL" in mail.text
-        assert "2027-05-24" in mail.text  # commercial: 180 days from 2026-11-25
+        # commercial: 180 days from the payer's decision date (BHT04 2026-11-24), not from the
+        # night that read the file (2026-11-25)
+        assert "2027-05-23" in mail.text and "2027-05-24" not in mail.text
         raw = mail.raw.decode("utf-8", "replace")
         for secret in ("Nguyễn", "Nguyen", "Łukasz", "LUKASZ", "SHP771204588"):
             assert secret not in raw and secret not in mail.text

@@ -298,6 +298,43 @@ def test_payer_response_applied_once(store, catalog, settings) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("decided", "denied_on"),
+    [
+        (date(2026, 11, 18), date(2026, 11, 18)),  # read a week late: the window started then
+        (date(2026, 12, 9), NOW.date()),  # a decision date after today is not believed
+        (None, NOW.date()),  # no date in the response: the day it is recorded
+    ],
+)
+def test_appeal_window_runs_from_the_payers_decision_date(
+    store, catalog, settings, decided, denied_on
+) -> None:
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        submit(
+            session, case_id, method="fax", reference="FX-1", actor=COORDINATOR, now=NOW,
+            catalog=catalog,
+        )  # fmt: skip
+    payer = Actor("payer-file:r.x12", "payer_file", "payer")
+    with store.session() as session:
+        ingest_response(
+            session,
+            response(case_id=case_id, decision_date=decided),
+            catalog=catalog,
+            settings=settings,
+            now=NOW,
+            actor=payer,
+        )
+    deadline = denied_on + timedelta(days=180)  # commercial plan
+    with store.session() as session:
+        assert session.get(CaseRow, case_id).appeal_deadline == deadline
+        notices = session.scalars(select(NotificationRow)).all()
+        assert notices
+        for notice in notices:
+            assert f"Denied on {denied_on.isoformat()}" in notice.body
+            assert deadline.isoformat() in notice.body
+
+
 def test_matching_order(store, catalog, settings) -> None:
     case_id = add_case(store, catalog)
     with store.session() as session:

@@ -158,9 +158,14 @@ def transition(
     reason_text: str | None = None,
     reference: str | None = None,
     response_key: str | None = None,
+    decided_on: date | None = None,
 ) -> StatusChangeRow:
     """Move a case through the state machine (IllegalTransition changes nothing), record the
-    change in the history and the audit log, and queue denial notices for adverse decisions."""
+    change in the history and the audit log, and queue denial notices for adverse decisions.
+
+    The appeal window runs from the denial date (DOMAIN.md §8): the payer's decision date when
+    its response states one, else the day the decision is recorded; never a later day than
+    that, so a response read days after the denial cannot stretch the deadline."""
     target = check_transition(row.status, new)
     change = StatusChangeRow(
         case_id=row.case_id,
@@ -192,10 +197,17 @@ def transition(
     )
     if target in ADVERSE and catalog is not None:
         payer = catalog.payer(row.payer_id)
-        row.appeal_deadline = appeal_deadline(now.date(), catalog.rules_for(payer).appeal_days)
+        denied_on = min(decided_on or now.date(), now.date())
+        row.appeal_deadline = appeal_deadline(denied_on, catalog.rules_for(payer).appeal_days)
         if settings is not None:
             queue_denial_notices(
-                session, row, change, payer_name=payer.name, settings=settings, now=now
+                session,
+                row,
+                change,
+                payer_name=payer.name,
+                settings=settings,
+                now=now,
+                decided_on=denied_on,
             )
     return change
 
@@ -208,6 +220,7 @@ def queue_denial_notices(
     payer_name: str,
     settings: Any,
     now: datetime,
+    decided_on: date | None = None,
 ) -> int:
     """One outbox row per configured channel for this decision; the dedup key makes it once."""
     assert row.appeal_deadline is not None
@@ -217,7 +230,7 @@ def queue_denial_notices(
         status=str(change.to_status),
         reason_code=change.reason_code,
         reason_text=change.reason_text,
-        decided_on=change.at.date(),
+        decided_on=decided_on or change.at.date(),
         appeal_deadline=row.appeal_deadline,
         portal_url=f"{settings.portal_url.rstrip('/')}/cases/{row.case_id}",
         certification_number=change.reference,
@@ -383,6 +396,7 @@ def set_status(
     auth_start: date | None = None,
     auth_end: date | None = None,
     auth_units: int | None = None,
+    decided_on: date | None = None,
 ) -> StatusChangeRow:
     """A decision or other status change, from a coordinator or a payer file."""
     row = get_case(session, case_id, lock=True)
@@ -399,6 +413,7 @@ def set_status(
         reason_text=reason_text,
         reference=reference,
         response_key=response_key,
+        decided_on=decided_on,
     )
     if change.to_status in AUTHORIZED:
         row.auth_number = reference or row.auth_number
@@ -507,6 +522,7 @@ def ingest_response(
             auth_start=response.authorized_start,
             auth_end=response.authorized_end,
             auth_units=response.authorized_units,
+            decided_on=response.decision_date,
         )
     except PriorAuthError as exc:
         audit(
