@@ -180,6 +180,14 @@ def test_cli_nightly_on_the_fixtures_then_a_denial_emails_once(
         assert [h["to"] for h in view["history"]] == ["draft", "ready", "submitted", "denied"]
         assert view["notifications"][0]["state"] == "sent"
         assert "denied" in cli("status", "MS-1004")
+        # A denial that came by mail, recorded later: its window runs from the letter's date.
+        cli("submit", "MS-1001", "--method", "fax")
+        cli("status", "MS-1001", "denied", "--reason-code", "STEP_THERAPY_NOT_MET",
+            "--decided-on", "2026-11-02")  # fmt: skip
+        assert len(smtp.messages) == 2 and "Denied on 2026-11-02" in smtp.messages[1].text
+        view = json.loads(cli("status", "MS-1001", "--json"))
+        assert view["appeal_deadline"] in smtp.messages[1].text
+        assert view["appeal_deadline"] < "2027-05-02"  # 180 days or fewer from 2026-11-02
 
 
 CANARY = {

@@ -194,6 +194,38 @@ def test_regenerate_keeps_one_version_when_nothing_changed(portal) -> None:
     assert versions == [1]
 
 
+def test_a_denial_recorded_late_keeps_the_payers_decision_date(portal) -> None:
+    """The denial letter came by mail, dated 2026-11-20; recorded on 2026-11-25."""
+    from datetime import date
+
+    from priorauth.catalog import load_catalog
+
+    c = client(portal, "coordinator")
+    token = csrf_of(c)
+    c.post("/cases/MS-1001/submit", data={"method": "fax", "csrf_token": token})
+    r = c.post(
+        "/cases/MS-1001/status",
+        data={
+            "status": "denied",
+            "csrf_token": token,
+            "reason_code": "STEP_THERAPY_NOT_MET",
+            "decided_on": "2026-11-20",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    catalog = load_catalog(load_settings().reference_dir)
+    with portal["store"].session() as s:
+        row = s.get(CaseRow, "MS-1001")
+        days = catalog.rules_for(catalog.payer(row.payer_id)).appeal_days
+        assert row.appeal_deadline == date(2026, 11, 20) + timedelta(days=days)
+    bad = c.post(
+        "/cases/MS-1001/status",
+        data={"status": "appeal_submitted", "csrf_token": token, "decided_on": "20/11/2026"},
+    )
+    assert bad.status_code == 400
+
+
 def test_case_page_warns_when_authorized_units_run_out_early(portal) -> None:
     c = client(portal, "coordinator")
     token = csrf_of(c)

@@ -320,6 +320,12 @@ def submit(case_id: str, method: str, reference: str | None, actor: str | None) 
 @click.option("--auth-start", type=click.DateTime(["%Y-%m-%d"]), default=None)
 @click.option("--auth-end", type=click.DateTime(["%Y-%m-%d"]), default=None)
 @click.option("--auth-units", type=click.IntRange(0), default=None)
+@click.option(
+    "--decided-on",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="The date on the payer's decision (default: today); a denial's appeal window runs from it.",
+)
 @click.option("--actor", default=None, help="Who recorded it (default: your user name).")
 @click.option("--json", "as_json", is_flag=True, help="Print {case_id, status, history} as JSON.")
 def status(
@@ -331,6 +337,7 @@ def status(
     auth_start: datetime | None,
     auth_end: datetime | None,
     auth_units: int | None,
+    decided_on: datetime | None,
     actor: str | None,
     as_json: bool,
 ) -> None:
@@ -358,6 +365,7 @@ def status(
                     auth_start=auth_start.date() if auth_start else None,
                     auth_end=auth_end.date() if auth_end else None,
                     auth_units=auth_units,
+                    decided_on=decided_on.date() if decided_on else None,
                 )
             _drain_outbox(store, settings)
         with store.session() as session:

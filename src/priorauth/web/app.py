@@ -457,6 +457,7 @@ def create_app(
         auth_start: Annotated[str, Form(max_length=10)] = "",
         auth_end: Annotated[str, Form(max_length=10)] = "",
         auth_units: Annotated[str, Form(max_length=9)] = "",
+        decided_on: Annotated[str, Form(max_length=10)] = "",
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
         csrf(who, csrf_token)
@@ -464,6 +465,7 @@ def create_app(
         try:
             start = date.fromisoformat(auth_start) if auth_start else None
             end = date.fromisoformat(auth_end) if auth_end else None
+            decided = date.fromisoformat(decided_on) if decided_on else None
             units = int(auth_units) if auth_units else None
         except ValueError:
             raise HTTPException(400, "Dates are YYYY-MM-DD and units a whole number.") from None
@@ -482,6 +484,7 @@ def create_app(
                 auth_start=start,
                 auth_end=end,
                 auth_units=units,
+                decided_on=decided,
             )
         except PriorAuthError as exc:
             raise HTTPException(409, str(exc)) from None
