@@ -29,10 +29,11 @@ from priorauth.settings import load_settings
 TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
-def emit_denial(denial: dict[str, str]) -> None:
-    """A Prefect event per denial, for automations: case ID, status, reason code, deadline."""
+def emit_denial(event: str, denial: dict[str, str]) -> None:
+    """A Prefect event per denial, for automations: case ID, status, reason code, deadline.
+    Called from the outbox, so a denial recorded by the CLI or the portal is emitted too."""
     emit_event(
-        event=f"priorauth.case.{denial['status']}",
+        event=event,
         resource={"prefect.resource.id": f"priorauth.case.{denial['case_id']}"},
         payload=denial,
     )
@@ -53,7 +54,7 @@ def nightly_run() -> dict:
     logger = get_run_logger()
     now = datetime.now(UTC)
     report = run_night(
-        load_settings(), now, on_denial=emit_denial, step=as_task, map_chunks=map_as_tasks
+        load_settings(), now, emit=emit_denial, step=as_task, map_chunks=map_as_tasks
     )
     create_table_artifact(
         key="nightly-summary",

@@ -193,15 +193,65 @@ def test_a_failed_send_is_retried_next_run_and_visible(tmp_path):
     report = run_night(settings, datetime(2026, 11, 25, 3, 0, tzinfo=UTC))
     assert report.notices_failed == 1
     store = Store(settings.db_url)
+    mail = select(NotificationRow).where(NotificationRow.channel != "prefect-event")
     with store.session() as s:
-        row = s.scalars(select(NotificationRow)).one()
+        row = s.scalars(mail).one()
         assert row.state == "failed" and row.last_error
     with smtp_sink(port=port) as smtp:
         report = run_night(settings, datetime(2026, 11, 25, 4, 0, tzinfo=UTC))
         assert report.notices_sent == 1 and len(smtp.messages) == 1
     with store.session() as s:
-        assert s.scalars(select(NotificationRow)).one().state == "sent"
+        assert s.scalars(mail).one().state == "sent"
     store.dispose()
+
+
+def test_a_denial_recorded_by_hand_gets_its_prefect_event_from_the_next_flow_run(tmp_path):
+    """The event rides the outbox: a run without an emitter (CLI, plain run) leaves it waiting,
+    a failed emit is retried, and it is emitted once across runs."""
+    from priorauth.tracking import set_status
+
+    home = make_home(tmp_path, ["ms-1004.yaml"])
+    settings = settings_for(home)
+    first_night_then_submit(home, settings)
+    now = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+    store = Store(settings.db_url)
+    with store.session() as session:
+        set_status(
+            session,
+            "MS-1004",
+            "denied",
+            actor=Actor("jdoe", "coordinator"),
+            now=now,
+            catalog=load_catalog(settings.reference_dir),
+            settings=settings,
+            reason_code="STEP_THERAPY_NOT_MET",
+        )
+        deadline = session.get(CaseRow, "MS-1004").appeal_deadline.isoformat()
+    store.dispose()
+    assert run_night(settings, now).events_emitted == 0  # no emitter: the event waits
+
+    def broken(name: str, payload: dict) -> None:
+        raise ConnectionError("Prefect API unreachable")
+
+    failed = run_night(settings, now, emit=broken)
+    assert (failed.events_emitted, failed.notices_failed) == (0, 1)
+    emitted: list[tuple[str, dict]] = []
+    nights = [
+        run_night(settings, now, emit=lambda name, payload: emitted.append((name, payload)))
+        for _ in range(2)
+    ]
+    assert [n.events_emitted for n in nights] == [1, 0]
+    assert emitted == [
+        (
+            "priorauth.case.denied",
+            {
+                "case_id": "MS-1004",
+                "status": "denied",
+                "reason_code": "STEP_THERAPY_NOT_MET",
+                "appeal_deadline": deadline,
+            },
+        )
+    ]
 
 
 # ---- crash safety ----------------------------------------------------------------------------

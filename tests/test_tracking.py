@@ -242,7 +242,11 @@ def test_denial_sets_appeal_deadline_and_queues_one_notice_per_channel(
         row = session.get(CaseRow, case_id)
         assert row.appeal_deadline == date(2026, 11, 25) + timedelta(days=180)  # commercial
         notices = session.scalars(select(NotificationRow)).all()
-        assert sorted(n.channel.split(":")[0] for n in notices) == ["json", "mailto"]
+        assert sorted(n.channel.split(":")[0] for n in notices) == [
+            "json",
+            "mailto",
+            "prefect-event",
+        ]
         for notice in notices:
             assert case_id in notice.body and "2027-05-24" in notice.body
             for secret in (row.patient_name, row.member_id, row.date_of_birth.isoformat(), "G35"):
@@ -289,7 +293,7 @@ def test_payer_response_applied_once(store, catalog, settings) -> None:
             )
             == 1
         )
-        assert session.scalar(select(func.count(NotificationRow.id))) == 2
+        assert session.scalar(select(func.count(NotificationRow.id))) == 3  # 2 channels + event
         history = case_view(session, case_id)["history"][-1]
         assert (history["payer_code"], history["reason_code"], history["source"]) == (
             "A3",
@@ -328,7 +332,9 @@ def test_appeal_window_runs_from_the_payers_decision_date(
     deadline = denied_on + timedelta(days=180)  # commercial plan
     with store.session() as session:
         assert session.get(CaseRow, case_id).appeal_deadline == deadline
-        notices = session.scalars(select(NotificationRow)).all()
+        notices = session.scalars(
+            select(NotificationRow).where(NotificationRow.channel != "prefect-event")
+        ).all()
         assert notices
         for notice in notices:
             assert f"Denied on {denied_on.isoformat()}" in notice.body

@@ -39,6 +39,7 @@ from priorauth.pipeline import (
 from priorauth.responses import ResponseFileError, parse_response_file
 from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
 from priorauth.tracking import (
+    EVENT_CHANNEL,
     NIGHTLY,
     Actor,
     audit,
@@ -71,6 +72,7 @@ class NightReport:
     denials: list[dict[str, str]] = field(default_factory=list)
     notices_sent: int = 0
     notices_failed: int = 0
+    events_emitted: int = 0  # Prefect events for denials (the nightly flow)
     overdue: list[str] = field(default_factory=list)
     follow_ups: list[str] = field(default_factory=list)
     renewals: list[str] = field(default_factory=list)
@@ -88,6 +90,7 @@ class NightReport:
             "denials": [d["case_id"] for d in self.denials],
             "notices_sent": self.notices_sent,
             "notices_failed": self.notices_failed,
+            "events_emitted": self.events_emitted,
             "overdue": self.overdue,
             "follow_ups": self.follow_ups,
             "renewals": self.renewals,
@@ -302,7 +305,6 @@ def ingest_responses(
     home: Path,
     now: datetime,
     report: NightReport,
-    on_denial: Callable[[dict[str, str]], None],
 ) -> None:
     """Every payer file in responses/: applied, then moved to responses/processed/; files that
     cannot be parsed or hold unmatched responses go to quarantine with the reason."""
@@ -342,7 +344,6 @@ def ingest_responses(
                     }
             if ingested.adverse:  # after the commit: the denial is on record
                 report.denials.append(denial)
-                on_denial(denial)
             outcome = ingested.outcome
             report.responses[outcome] += 1
             crashpoint("after_response_applied")
@@ -382,24 +383,29 @@ def _claimable(row: NotificationRow, now: datetime) -> bool:
 
 
 def send_notifications(
-    store: Store, settings: Any, now: datetime, report: NightReport, clock: Callable[[], datetime]
+    store: Store,
+    settings: Any,
+    now: datetime,
+    report: NightReport,
+    clock: Callable[[], datetime],
+    emit: Callable[[str, dict[str, str]], None] | None = None,
 ) -> None:
     """Drain the outbox. A row is claimed (pending|failed → sending, guarded by its state and
     attempt count, so two processes never both take it) before it is handed to the channel, and
     marked sent after. A crash in between leaves it `sending`: the next run sends it again (same
-    dedup header and References) once its sender is known dead or its lease has run out."""
+    dedup header and References) once its sender is known dead or its lease has run out.
+
+    Event rows go to `emit(event name, payload)` (the nightly flow's Prefect events); without
+    `emit` (the CLI, plain runs) they wait for a run that has one."""
     urls = {channel_key(u): u for u in channels(settings.notify_urls)}
     with store.session() as session:
-        ids = list(
-            session.scalars(
-                select(NotificationRow.id)
-                .where(
-                    NotificationRow.state.in_(["pending", "failed", "sending"]),
-                    NotificationRow.attempts < MAX_SEND_ATTEMPTS,
-                )
-                .order_by(NotificationRow.id)
-            )
+        stmt = select(NotificationRow.id).where(
+            NotificationRow.state.in_(["pending", "failed", "sending"]),
+            NotificationRow.attempts < MAX_SEND_ATTEMPTS,
         )
+        if emit is None:
+            stmt = stmt.where(NotificationRow.channel_key != EVENT_CHANNEL)
+        ids = list(session.scalars(stmt.order_by(NotificationRow.id)))
     me = f"{socket.gethostname()}:{os.getpid()}"
     for notice_id in ids:
         claim_time = clock()
@@ -424,7 +430,12 @@ def send_notifications(
             continue
         url = urls.get(row.channel_key)
         error = None
-        if url is None:
+        if row.channel_key == EVENT_CHANNEL and emit is not None:
+            try:
+                emit(row.title, json.loads(row.body))
+            except Exception as exc:
+                error = f"event not emitted: {type(exc).__name__}"
+        elif url is None:
             error = "channel no longer configured in PRIORAUTH_NOTIFY_URLS"
         else:
             crashpoint("before_send")
@@ -447,7 +458,10 @@ def send_notifications(
                     case_id=fresh.case_id,
                     detail=fresh.channel,
                 )
-                report.notices_sent += 1
+                if fresh.channel_key == EVENT_CHANNEL:
+                    report.events_emitted += 1
+                else:
+                    report.notices_sent += 1
             else:
                 fresh.state, fresh.last_error = "failed", error
                 audit(
@@ -558,7 +572,7 @@ def run_night(
     settings: Any,
     now: datetime,
     *,
-    on_denial: Callable[[dict[str, str]], None] = lambda denial: None,
+    emit: Callable[[str, dict[str, str]], None] | None = None,
     step: Callable[[str, Callable[[], Any]], Any] = _call,
     map_chunks: Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]] | None = None,
 ) -> NightReport:
@@ -593,12 +607,12 @@ def run_night(
                     return [r.case_id for r in results]
 
                 (map_chunks or _threads(workers))(letters_chunk, list(chunked(files, size)))
-        step(
-            "payer-responses", lambda: ingest_responses(store, bench, home, now, report, on_denial)
-        )
+        step("payer-responses", lambda: ingest_responses(store, bench, home, now, report))
         step(
             "notifications",
-            lambda: send_notifications(store, settings, now, report, lambda: datetime.now(UTC)),
+            lambda: send_notifications(
+                store, settings, now, report, lambda: datetime.now(UTC), emit
+            ),
         )
         step(
             "renewals-and-deadlines",

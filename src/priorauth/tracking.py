@@ -8,6 +8,7 @@ or touch files. Callers (CLI, nightly run, portal) own the transaction and the s
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -212,6 +213,9 @@ def transition(
     return change
 
 
+EVENT_CHANNEL = "prefect-event"  # outbox rows that become Prefect events, not messages
+
+
 def queue_denial_notices(
     session: Session,
     row: CaseRow,
@@ -222,7 +226,8 @@ def queue_denial_notices(
     now: datetime,
     decided_on: date | None = None,
 ) -> int:
-    """One outbox row per configured channel for this decision; the dedup key makes it once."""
+    """One outbox row per configured channel for this decision, and one for its Prefect event;
+    the dedup key makes each once."""
     assert row.appeal_deadline is not None
     notice = DenialNotice(
         case_id=row.case_id,
@@ -255,6 +260,30 @@ def queue_denial_notices(
                 state="pending",
                 title=title,
                 body=body,
+                created_at=now,
+            )
+        )
+        queued += 1
+    # The Prefect event for automations rides the same outbox, so a crash, or a denial recorded
+    # from the CLI or the portal (no Prefect there), is emitted by the next nightly flow run.
+    key = f"denial:{row.case_id}:{change.id}:{EVENT_CHANNEL}"
+    if not session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
+        payload = {
+            "case_id": row.case_id,
+            "status": str(change.to_status),
+            "reason_code": change.reason_code or "",
+            "appeal_deadline": row.appeal_deadline.isoformat(),
+        }
+        session.add(
+            NotificationRow(
+                dedup_key=key,
+                case_id=row.case_id,
+                event=str(change.to_status),
+                channel=EVENT_CHANNEL,
+                channel_key=EVENT_CHANNEL,
+                state="pending",
+                title=f"priorauth.case.{change.to_status}",
+                body=json.dumps(payload, sort_keys=True),
                 created_at=now,
             )
         )
