@@ -32,7 +32,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +43,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from procs import (
+    TreeSampler,
+    machine_busy_s,
+    proc_cpu_s,
+    proc_hwm_mb,
+    proc_rss_mb,
+    remove_later,
+    wait_for_removals,
+)
 
 # priorauth is imported inside the functions that need it: worker processes import this script as
 # __mp_main__, and the raw-render workers must carry reportlab only, not the pipeline's imports
@@ -53,8 +61,6 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE_CASES = REPO / "fixtures" / "cases"
 STAGES = ("raw", "raw1", "pipeline", "pipeline1")
 TARGET_RATIO = 0.80
-REMOVING = ".removing"  # marks a temporary folder whose deletion is under way
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Fictional names; some outside Latin-1 on purpose (the letter embeds DejaVu for them).
 FIRST_F = ["Dana", "Amara", "Zoë", "Ingrid", "Mei", "Priya", "Łucja", "Chiara", "Ngozi", "Aoife"]
@@ -103,31 +109,6 @@ def machine_info() -> dict[str, Any]:
 # ---- /proc readings ------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds (works for grandchildren, unlike os.times)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_hwm_mb(pid: int | str = "self") -> float:
-    """Peak resident set size (VmHWM) of one process, in MiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def proc_rss_mb(pid: int | str = "self") -> float:
-    """Resident set size now (VmRSS), in MiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def reset_own_peak() -> bool:
     """Reset this process's VmHWM (Linux >= 4.0), so each stage reports its own parent peak."""
     try:
@@ -136,15 +117,6 @@ def reset_own_peak() -> bool:
     except OSError:
         return False
     return True
-
-
-def machine_busy_s() -> float:
-    """CPU seconds every process on the machine has used since boot (/proc/stat, all cores)."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-            int, handle.readline().split()[1:9]
-        )
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def own_cpu_s() -> float:
@@ -169,79 +141,6 @@ class Clock:
         cpu = own_cpu_s() - self.own0 + sum(proc_cpu_s(p) - self.worker0[p] for p in self.pids)
         others = max(0.0, machine_busy_s() - self.busy0 - cpu) / wall
         return wall, cpu, others
-
-
-class TreeSampler(threading.Thread):
-    """Polls the process tree under `root`: each process's VmHWM, CPU time and parent."""
-
-    def __init__(self, root: int, interval_s: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.root = root
-        self.interval_s = interval_s
-        self.peak_mb: dict[int, float] = {}
-        self.parent: dict[int, int] = {}
-        self.cmd: dict[int, str] = {}
-        self.cpu_s: dict[int, float] = {}  # last reading: up to one interval short at exit
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-    def sample(self) -> None:
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                        parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-        tree, frontier = {self.root}, [self.root]
-        while frontier:
-            pid = frontier.pop()
-            kids = [p for p, pp in parents.items() if pp == pid and p not in tree]
-            tree.update(kids)
-            frontier.extend(kids)
-        for pid in tree:
-            try:
-                hwm = proc_hwm_mb(pid)
-                self.cpu_s[pid] = proc_cpu_s(pid)
-                if pid not in self.cmd:
-                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        self.cmd[pid] = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            self.peak_mb[pid] = max(self.peak_mb.get(pid, 0.0), hwm)
-            self.parent[pid] = parents.get(pid, 0)
-
-    def role(self, pid: int) -> str:
-        forkserver = "multiprocessing.forkserver"
-        if pid == self.root:
-            return "main"
-        if forkserver in self.cmd.get(self.parent.get(pid, 0), ""):
-            return "worker"  # forked by the forkserver
-        if forkserver in self.cmd.get(pid, ""):
-            return "forkserver"
-        return "prefect_server" if "prefect" in self.cmd.get(pid, "") else "other"
-
-    def summary(self) -> dict[str, Any]:
-        peaks: dict[str, list[float]] = {}
-        cpu: dict[str, float] = {}
-        for pid, mb in self.peak_mb.items():
-            role = self.role(pid)
-            peaks.setdefault(role, []).append(round(mb, 1))
-            cpu[role] = cpu.get(role, 0.0) + self.cpu_s.get(pid, 0.0)
-        return {
-            "peak_mb": {role: sorted(values) for role, values in sorted(peaks.items())},
-            "cpu_s": {role: round(value, 1) for role, value in sorted(cpu.items())},
-            "cpu_s_total": round(sum(cpu.values()), 1),
-        }
 
 
 # ---- synthetic cases -----------------------------------------------------------------------
@@ -1082,32 +981,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             remove_later(root)
     return 0
-
-
-def wait_for_removals(base: Path | None) -> None:
-    """Wait (up to 5 min) while an earlier run's files are still being deleted: it loads the disk."""
-    base = base or Path(tempfile.gettempdir())
-    deadline = time.monotonic() + 300
-    told = False
-    while list(base.glob(f"priorauth-bench-*/{REMOVING}")) and time.monotonic() < deadline:
-        if not told:
-            print("waiting for an earlier run's files to be deleted …", file=sys.stderr)
-            told = True
-        time.sleep(1)
-
-
-def remove_later(folder: Path) -> None:
-    """Delete the temporary folder in a detached `rm -rf`: with ext4 `discard` (as here) each
-    unlink waits for the disk, and ~8,000 files take a minute or more. Not part of any timing."""
-    (folder / REMOVING).touch()
-    subprocess.Popen(
-        ["rm", "-rf", "--", str(folder)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    print(f"removing {folder} in the background", file=sys.stderr)
 
 
 if __name__ == "__main__":

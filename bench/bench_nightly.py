@@ -52,14 +52,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from procs import (
+    TreeSampler,
+    machine_busy_s,
+    proc_rss_mb,
+    remove_later,
+)
 
 # priorauth (and prefect) are imported inside functions: a night's process must set
 # PRIORAUTH_* and PREFECT_* in os.environ before the first import.
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-REMOVING = ".removing"  # marks a temporary folder whose deletion is under way
 STEPS = ("find-new-cases", "letters", "payer-responses", "notifications", "renewals-and-deadlines")
 # The two attachments every synthetic case points at (small, 1 page each).
 ATTACHMENT_FILES = {"clinic_note": "clinic-note-cidp-2002.pdf", "other": "lab-report-pid-3002.pdf"}
@@ -91,28 +95,6 @@ DENIAL_CODES = ["0F", "0G", "04", "NOT_MEDICALLY_NECESSARY", "STEP_THERAPY_NOT_M
 
 
 # ---- /proc and machine ---------------------------------------------------------------------
-
-
-def proc_status_mb(pid: int | str, key: str) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_s() -> float:
-    """CPU seconds every process on the machine has used since boot (all cores)."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(x) for x in handle.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def machine_info() -> dict[str, Any]:
@@ -152,79 +134,6 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "versions": versions,
     }
-
-
-class TreeSampler(threading.Thread):
-    """Polls the process tree under `root` every `interval_s`: VmHWM, CPU time, command."""
-
-    def __init__(self, root: int, interval_s: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.root = root
-        self.interval_s = interval_s
-        self.peak_mb: dict[int, float] = {}
-        self.parent: dict[int, int] = {}
-        self.cmd: dict[int, str] = {}
-        self.cpu_s: dict[int, float] = {}
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-    def sample(self) -> None:
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                        parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-        tree, frontier = {self.root}, [self.root]
-        while frontier:
-            pid = frontier.pop()
-            kids = [p for p, pp in parents.items() if pp == pid and p not in tree]
-            tree.update(kids)
-            frontier.extend(kids)
-        for pid in tree:
-            try:
-                hwm = proc_status_mb(pid, "VmHWM")
-                self.cpu_s[pid] = proc_cpu_s(pid)
-                if pid not in self.cmd:
-                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        self.cmd[pid] = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            self.peak_mb[pid] = max(self.peak_mb.get(pid, 0.0), hwm)
-            self.parent[pid] = parents.get(pid, 0)
-
-    def role(self, pid: int) -> str:
-        forkserver = "multiprocessing.forkserver"
-        if pid == self.root:
-            return "main"
-        if forkserver in self.cmd.get(self.parent.get(pid, 0), ""):
-            return "render_worker"  # forked by the forkserver
-        if forkserver in self.cmd.get(pid, ""):
-            return "forkserver"
-        return "prefect_server" if "prefect" in self.cmd.get(pid, "") else "other"
-
-    def summary(self) -> dict[str, Any]:
-        peaks: dict[str, list[float]] = {}
-        cpu: dict[str, float] = {}
-        for pid, mb in self.peak_mb.items():
-            role = self.role(pid)
-            peaks.setdefault(role, []).append(round(mb, 1))
-            cpu[role] = cpu.get(role, 0.0) + self.cpu_s.get(pid, 0.0)
-        return {
-            "peak_mb": {role: sorted(values) for role, values in sorted(peaks.items())},
-            "cpu_s": {role: round(value, 1) for role, value in sorted(cpu.items())},
-            "cpu_s_total": round(sum(cpu.values()), 1),
-        }
 
 
 # ---- the notification receiver -------------------------------------------------------------
@@ -605,7 +514,7 @@ class Timers:
 
 
 def rss_mb() -> float:
-    return proc_status_mb("self", "VmRSS")
+    return proc_rss_mb()
 
 
 def instrument(timers: Timers, marks: dict[str, Any]) -> Callable[..., Any]:
@@ -767,7 +676,7 @@ def run_night_process(
             env=env,
             cwd=REPO,
         )
-        sampler = TreeSampler(child.pid)
+        sampler = TreeSampler(child.pid, worker_role="render_worker")
         sampler.start()
         code = child.wait()
     wall = time.perf_counter() - t0
@@ -999,19 +908,6 @@ def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
         rows.append(json.loads(out))
     return rows
-
-
-def remove_later(folder: Path) -> None:
-    """Delete the temporary folder in a detached `rm -rf` (tens of thousands of files): not timed."""
-    (folder / REMOVING).touch()
-    subprocess.Popen(
-        ["rm", "-rf", "--", str(folder)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    print(f"removing {folder} in the background", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
