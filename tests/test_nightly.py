@@ -404,6 +404,15 @@ def test_a_corrected_case_file_replaces_the_stored_case_once(tmp_path):
     assert (quiet.accepted, quiet.quarantined) == ([], [])
 
 
+def ms_1001_after_its_first_night(tmp_path: Path):
+    """MS-1001 (28-day maintenance from 2026-12-01) through the night of 2026-11-25."""
+    home = make_home(tmp_path, ["ms-dmt-failure-privigen.yaml"])
+    settings = settings_for(home)
+    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+    run_night(settings, now)
+    return home, settings, load_catalog(settings.reference_dir), now, Store(settings.db_url)
+
+
 def test_authorized_units_that_run_out_before_the_end_date_are_flagged(tmp_path):
     """The payer approved fewer units than the schedule needs until the end date: the night that
     the first uncovered course comes within the renewal window lists the case, and the case view
@@ -412,12 +421,7 @@ def test_authorized_units_that_run_out_before_the_end_date_are_flagged(tmp_path)
 
     from priorauth.tracking import case_view, set_status
 
-    home = make_home(tmp_path, ["ms-dmt-failure-privigen.yaml"])
-    settings = settings_for(home)
-    catalog = load_catalog(settings.reference_dir)
-    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
-    run_night(settings, now)
-    store = Store(settings.db_url)
+    _, settings, catalog, now, store = ms_1001_after_its_first_night(tmp_path)
     coordinator = Actor("jdoe", "coordinator")
     with store.session() as session:
         row = session.get(CaseRow, "MS-1001")
@@ -484,12 +488,7 @@ def test_bad_input_of_every_kind_is_set_aside_and_the_rest_completes(tmp_path):
 
 
 def test_expiring_authorization_gets_one_renewal_letter(tmp_path, monkeypatch):
-    home = make_home(tmp_path, ["ms-dmt-failure-privigen.yaml"])
-    settings = settings_for(home)
-    catalog = load_catalog(settings.reference_dir)
-    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
-    run_night(settings, now)
-    store = Store(settings.db_url)
+    home, settings, catalog, now, store = ms_1001_after_its_first_night(tmp_path)
     from datetime import date
 
     from priorauth.tracking import set_status

@@ -194,26 +194,27 @@ def test_regenerate_keeps_one_version_when_nothing_changed(portal) -> None:
     assert versions == [1]
 
 
+def submitted_then_decided(portal, **decision: str) -> tuple[TestClient, str]:
+    """A coordinator submits MS-1001 by fax, then records `decision` from the case page."""
+    c = client(portal, "coordinator")
+    token = csrf_of(c)
+    c.post("/cases/MS-1001/submit", data={"method": "fax", "csrf_token": token})
+    r = c.post(
+        "/cases/MS-1001/status", data={**decision, "csrf_token": token}, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    return c, token
+
+
 def test_a_denial_recorded_late_keeps_the_payers_decision_date(portal) -> None:
     """The denial letter came by mail, dated 2026-11-20; recorded on 2026-11-25."""
     from datetime import date
 
     from priorauth.catalog import load_catalog
 
-    c = client(portal, "coordinator")
-    token = csrf_of(c)
-    c.post("/cases/MS-1001/submit", data={"method": "fax", "csrf_token": token})
-    r = c.post(
-        "/cases/MS-1001/status",
-        data={
-            "status": "denied",
-            "csrf_token": token,
-            "reason_code": "STEP_THERAPY_NOT_MET",
-            "decided_on": "2026-11-20",
-        },
-        follow_redirects=False,
+    c, token = submitted_then_decided(
+        portal, status="denied", reason_code="STEP_THERAPY_NOT_MET", decided_on="2026-11-20"
     )
-    assert r.status_code == 303, r.text
     catalog = load_catalog(load_settings().reference_dir)
     with portal["store"].session() as s:
         row = s.get(CaseRow, "MS-1001")
@@ -227,25 +228,17 @@ def test_a_denial_recorded_late_keeps_the_payers_decision_date(portal) -> None:
 
 
 def test_case_page_warns_when_authorized_units_run_out_early(portal) -> None:
-    c = client(portal, "coordinator")
-    token = csrf_of(c)
     with portal["store"].session() as s:
         per_course = s.get(CaseRow, "MS-1001").summary["dosing"]["billing_units_per_course"]
-    c.post("/cases/MS-1001/submit", data={"method": "fax", "csrf_token": token})
-    r = c.post(
-        "/cases/MS-1001/status",
-        data={
-            "status": "partially_approved",
-            "csrf_token": token,
-            "reason_code": "quantity",
-            "reference": "AUTH-2",
-            "auth_start": "2026-12-01",
-            "auth_end": "2027-05-29",
-            "auth_units": str(3 * per_course),  # courses on Dec 1, Dec 29 and Jan 26
-        },
-        follow_redirects=False,
+    c, _ = submitted_then_decided(
+        portal,
+        status="partially_approved",
+        reason_code="quantity",
+        reference="AUTH-2",
+        auth_start="2026-12-01",
+        auth_end="2027-05-29",
+        auth_units=str(3 * per_course),  # courses on Dec 1, Dec 29 and Jan 26
     )
-    assert r.status_code == 303, r.text
     page = c.get("/cases/MS-1001").text
     assert "units run out before the course on 2027-02-23" in page
 
