@@ -172,12 +172,20 @@ def load_case(path: Path, *, catalog: Catalog, today: date) -> Case:
     return validate_case(data, catalog=catalog, today=today, case_dir=path.parent)
 
 
-def case_id_for(path: Path, data: dict[str, Any] | None) -> str:
-    """The case ID to file a result under: the case's own when well-formed, else one made from the
-    file name (restricted to safe characters so it can always name a folder)."""
+def declared_case_id(data: dict[str, Any] | None) -> str | None:
+    """The case ID a parsed case file declares, when it is well-formed; else None."""
     candidate = data.get("case_id") if data else None
     if isinstance(candidate, str) and re.fullmatch(CASE_ID_PATTERN, candidate):
         return candidate
+    return None
+
+
+def case_id_for(path: Path, data: dict[str, Any] | None) -> str:
+    """The case ID to file a result under: the case's own when well-formed, else one made from the
+    file name (restricted to safe characters so it can always name a folder)."""
+    declared = declared_case_id(data)
+    if declared:
+        return declared
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)[:63]
     return f"file-{stem}"[:64] if stem else "file-unnamed"
 

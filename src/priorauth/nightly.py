@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -23,10 +22,9 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from priorauth.domain import CASE_ID_PATTERN
 from priorauth.errors import CaseFileError
 from priorauth.files import crashpoint, write_atomic
-from priorauth.intake import CASE_SUFFIXES, parse_case_file
+from priorauth.intake import CASE_SUFFIXES, declared_case_id, parse_case_file
 from priorauth.notify import NotifyError, channel_key, channels, send
 from priorauth.pipeline import (
     BatchRunner,
@@ -183,14 +181,9 @@ def new_case_files(store: Store, intake: Path) -> list[Path]:
 def _case_id_in(path: Path) -> str | None:
     """The case ID a file declares, or None when it cannot be read (validation then says why)."""
     try:
-        candidate = parse_case_file(path).get("case_id")
+        return declared_case_id(parse_case_file(path))
     except CaseFileError:
         return None
-    return (
-        candidate
-        if isinstance(candidate, str) and re.fullmatch(CASE_ID_PATTERN, candidate)
-        else None
-    )
 
 
 def claim_case_files(

@@ -241,49 +241,50 @@ def queue_denial_notices(
         certification_number=change.reference,
     )
     title, body = render_notice(notice)
+    payload = {  # the Prefect event's: no patient identifiers
+        "case_id": row.case_id,
+        "status": str(change.to_status),
+        "reason_code": change.reason_code or "",
+        "appeal_deadline": row.appeal_deadline.isoformat(),
+    }
+    # One row per configured channel (the dedup key: this decision, this channel; at most 200
+    # characters), plus the Prefect event for automations: it rides the same outbox, so a crash,
+    # or a denial recorded from the CLI or the portal (no Prefect there), is emitted by the next
+    # nightly flow run.
+    rows = [
+        (
+            hashlib.sha256(channel_key(url).encode()).hexdigest()[:16],
+            channel_label(url),
+            channel_key(url),
+            title,
+            body,
+        )
+        for url in channels(settings.notify_urls)
+    ]
+    rows.append(
+        (
+            EVENT_CHANNEL,
+            EVENT_CHANNEL,
+            EVENT_CHANNEL,
+            f"priorauth.case.{change.to_status}",
+            json.dumps(payload, sort_keys=True),
+        )
+    )
     queued = 0
-    for url in channels(settings.notify_urls):
-        key_of_channel = channel_key(url)
-        # one message per decision (the status change) per channel; at most 200 characters
-        digest = hashlib.sha256(key_of_channel.encode()).hexdigest()[:16]
-        key = f"denial:{row.case_id}:{change.id}:{digest}"
-        exists = session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key))
-        if exists:
+    for suffix, label, key_of_channel, row_title, row_body in rows:
+        key = f"denial:{row.case_id}:{change.id}:{suffix}"
+        if session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
             continue
         session.add(
             NotificationRow(
                 dedup_key=key,
                 case_id=row.case_id,
                 event=str(change.to_status),
-                channel=channel_label(url),
+                channel=label,
                 channel_key=key_of_channel,
                 state="pending",
-                title=title,
-                body=body,
-                created_at=now,
-            )
-        )
-        queued += 1
-    # The Prefect event for automations rides the same outbox, so a crash, or a denial recorded
-    # from the CLI or the portal (no Prefect there), is emitted by the next nightly flow run.
-    key = f"denial:{row.case_id}:{change.id}:{EVENT_CHANNEL}"
-    if not session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
-        payload = {
-            "case_id": row.case_id,
-            "status": str(change.to_status),
-            "reason_code": change.reason_code or "",
-            "appeal_deadline": row.appeal_deadline.isoformat(),
-        }
-        session.add(
-            NotificationRow(
-                dedup_key=key,
-                case_id=row.case_id,
-                event=str(change.to_status),
-                channel=EVENT_CHANNEL,
-                channel_key=EVENT_CHANNEL,
-                state="pending",
-                title=f"priorauth.case.{change.to_status}",
-                body=json.dumps(payload, sort_keys=True),
+                title=row_title,
+                body=row_body,
                 created_at=now,
             )
         )
@@ -624,33 +625,29 @@ def expiring(session: Session, today: date, lead_days: int) -> list[CaseRow]:
     )
 
 
-def units_run_out(
-    *,
-    auth_start: date | None,
-    auth_end: date | None,
-    auth_units: int | None,
-    service_start: date | None,
-    summary: dict[str, Any] | None,
-) -> date | None:
+def units_run_out(row: Any) -> date | None:
     """The first scheduled course the payer's authorized units do not cover, if it falls before
     the authorization ends; else None (DOMAIN.md §8: warn as authorized units run out).
 
     The units and dates are the payer's; only their use is projected, on the request's schedule:
     one course of `billing_units_per_course` every `interval_days`, from the later of the
-    authorization start and the requested start (a single course when there is no interval)."""
-    per_course = ((summary or {}).get("dosing") or {}).get("billing_units_per_course")
-    if auth_units is None or auth_start is None or auth_end is None or not per_course:
+    authorization start and the requested start (a single course when there is no interval).
+    `row`: a CaseRow, or any row with its auth_start, auth_end, auth_units, service_start and
+    summary."""
+    summary = row.summary or {}
+    per_course = (summary.get("dosing") or {}).get("billing_units_per_course")
+    if row.auth_units is None or row.auth_start is None or row.auth_end is None or not per_course:
         return None
-    interval = ((summary or {}).get("inputs") or {}).get("interval_days")
-    covered = auth_units // per_course
-    first = max(auth_start, service_start or auth_start)
+    interval = (summary.get("inputs") or {}).get("interval_days")
+    covered = row.auth_units // per_course
+    first = max(row.auth_start, row.service_start or row.auth_start)
     if interval:
         uncovered = first + timedelta(days=covered * interval)
     elif covered:
         return None
     else:
         uncovered = first
-    return uncovered if uncovered <= auth_end else None
+    return uncovered if uncovered <= row.auth_end else None
 
 
 def units_running_out(session: Session, today: date, lead_days: int) -> list[tuple[str, date]]:
@@ -673,16 +670,10 @@ def units_running_out(session: Session, today: date, lead_days: int) -> list[tup
         .order_by(CaseRow.case_id)
     ).all()
     short = []
-    for case_id, start, end, units, service_start, summary in rows:
-        runs_out = units_run_out(
-            auth_start=start,
-            auth_end=end,
-            auth_units=units,
-            service_start=service_start,
-            summary=summary,
-        )
+    for row in rows:
+        runs_out = units_run_out(row)
         if runs_out is not None and runs_out <= today + timedelta(days=lead_days):
-            short.append((case_id, runs_out))
+            short.append((row.case_id, runs_out))
     return short
 
 
@@ -746,15 +737,7 @@ def case_view(session: Session, case_id: str) -> dict[str, Any]:
             "start": iso(row.auth_start),
             "end": iso(row.auth_end),
             "units": row.auth_units,
-            "units_run_out_on": iso(
-                units_run_out(
-                    auth_start=row.auth_start,
-                    auth_end=row.auth_end,
-                    auth_units=row.auth_units,
-                    service_start=row.service_start,
-                    summary=row.summary,
-                )
-            ),
+            "units_run_out_on": iso(units_run_out(row)),
         },
         "errors": row.errors or [],
         "history": [
