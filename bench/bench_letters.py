@@ -17,7 +17,6 @@ Results and how to read them: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import cProfile
 import dataclasses
 import functools
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,6 +51,7 @@ from procs import (
     remove_later,
     wait_for_removals,
 )
+from synthetic import vary_case
 
 # priorauth is imported inside the functions that need it: worker processes import this script as
 # __mp_main__, and the raw-render workers must carry reportlab only, not the pipeline's imports
@@ -63,10 +63,6 @@ STAGES = ("raw", "raw1", "pipeline", "pipeline1")
 TARGET_RATIO = 0.80
 
 # Fictional names; some outside Latin-1 on purpose (the letter embeds DejaVu for them).
-FIRST_F = ["Dana", "Amara", "Zoë", "Ingrid", "Mei", "Priya", "Łucja", "Chiara", "Ngozi", "Aoife"]
-FIRST_M = ["Tomás", "Łukasz", "Kwame", "Hiroshi", "Arjun", "Søren", "Mateo", "Dmitri", "Omar"]
-LAST = ["Whitfield", "Nguyễn", "Okafor", "Brennan", "Kowalczyk", "Haddad", "Lindqvist", "Ōta"]
-LAST += ["Fernández", "O'Connell", "Abernathy", "Dvořák", "Mensah", "Castellanos", "Park"]
 
 
 # ---- machine -------------------------------------------------------------------------------
@@ -202,31 +198,7 @@ def vary(
     catalog: Any,
     attachments: dict[str, str] | None,
 ) -> dict[str, Any]:
-    data = copy.deepcopy(shape)
-    data["case_id"] = f"BENCH-{i:05d}"
-    patient = data["patient"]
-    patient["first_name"] = rng.choice(FIRST_F if patient["sex"] == "F" else FIRST_M)
-    patient["last_name"] = rng.choice(LAST)
-    born = patient["date_of_birth"]
-    born = date.fromisoformat(born) if isinstance(born, str) else born  # JSON fixtures: text
-    patient["date_of_birth"] = born - timedelta(days=rng.randrange(0, 3650))  # older: still valid
-    height_cm = rng.uniform(150, 195)
-    weight_kg = rng.uniform(18.5, 45) * (height_cm / 100) ** 2  # BMI 18.5-45: every dosing basis
-    if rng.random() < 0.3:  # some cases in inches and pounds, as US clinics write them
-        patient["height"] = {"value": round(height_cm / 2.54, 1), "unit": "in"}
-        patient["weight"] = {"value": round(weight_kg / 0.45359237, 1), "unit": "lb"}
-    else:
-        patient["height"] = {"value": round(height_cm), "unit": "cm"}
-        patient["weight"] = {"value": round(weight_kg, 1), "unit": "kg"}
-    coverage = data["coverage"]
-    coverage["payer_id"] = rng.choice(sorted(catalog.payers))
-    coverage["member_id"] = f"SYN{rng.randrange(10**9):09d}"
-    coverage["group_number"] = f"{rng.randrange(10**7):07d}"
-    coverage.pop("plan_name", None)
-    data["request"]["product_id"] = rng.choice(sorted(catalog.products))
-    prescriber = data["prescriber"]
-    prescriber["first_name"] = rng.choice(FIRST_F + FIRST_M)
-    prescriber["last_name"] = rng.choice(LAST)
+    data = vary_case(shape, f"BENCH-{i:05d}", i, rng, catalog)
     if attachments is None:
         data.pop("attachments", None)
     else:

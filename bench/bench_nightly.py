@@ -29,7 +29,6 @@ Every case, name, member ID and response is synthetic and lives in a temporary f
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import os
@@ -58,6 +57,7 @@ from procs import (
     proc_rss_mb,
     remove_later,
 )
+from synthetic import vary_case
 
 # priorauth (and prefect) are imported inside functions: a night's process must set
 # PRIORAUTH_* and PREFECT_* in os.environ before the first import.
@@ -68,10 +68,6 @@ STEPS = ("find-new-cases", "letters", "payer-responses", "notifications", "renew
 # The two attachments every synthetic case points at (small, 1 page each).
 ATTACHMENT_FILES = {"clinic_note": "clinic-note-cidp-2002.pdf", "other": "lab-report-pid-3002.pdf"}
 
-FIRST_F = ["Dana", "Amara", "Zoë", "Ingrid", "Mei", "Priya", "Łucja", "Chiara", "Ngozi", "Aoife"]
-FIRST_M = ["Tomás", "Łukasz", "Kwame", "Hiroshi", "Arjun", "Søren", "Mateo", "Dmitri", "Omar"]
-LAST = ["Whitfield", "Nguyễn", "Okafor", "Brennan", "Kowalczyk", "Haddad", "Lindqvist", "Ōta"]
-LAST += ["Fernández", "O'Connell", "Abernathy", "Dvořák", "Mensah", "Castellanos", "Park"]
 
 # The payer responses' outcomes (share of R). Adverse (→ denial notice): denied, partial.
 OUTCOMES = {
@@ -207,31 +203,7 @@ def load_shapes(catalog: Any, today: date) -> list[dict[str, Any]]:
 
 
 def vary(shape: dict[str, Any], i: int, rng: random.Random, catalog: Any) -> dict[str, Any]:
-    data = copy.deepcopy(shape)
-    data["case_id"] = f"NB-{i:06d}"
-    patient = data["patient"]
-    patient["first_name"] = rng.choice(FIRST_F if patient["sex"] == "F" else FIRST_M)
-    patient["last_name"] = rng.choice(LAST)
-    born = patient["date_of_birth"]
-    born = date.fromisoformat(born) if isinstance(born, str) else born
-    patient["date_of_birth"] = born - timedelta(days=rng.randrange(0, 3650))
-    height_cm = rng.uniform(150, 195)
-    weight_kg = rng.uniform(18.5, 45) * (height_cm / 100) ** 2
-    if rng.random() < 0.3:
-        patient["height"] = {"value": round(height_cm / 2.54, 1), "unit": "in"}
-        patient["weight"] = {"value": round(weight_kg / 0.45359237, 1), "unit": "lb"}
-    else:
-        patient["height"] = {"value": round(height_cm), "unit": "cm"}
-        patient["weight"] = {"value": round(weight_kg, 1), "unit": "kg"}
-    coverage = data["coverage"]
-    coverage["payer_id"] = rng.choice(sorted(catalog.payers))
-    coverage["member_id"] = f"SYN{rng.randrange(10**4):04d}{i:07d}"  # unique per case
-    coverage["group_number"] = f"{rng.randrange(10**7):07d}"
-    coverage.pop("plan_name", None)
-    data["request"]["product_id"] = rng.choice(sorted(catalog.products))
-    prescriber = data["prescriber"]
-    prescriber["first_name"] = rng.choice(FIRST_F + FIRST_M)
-    prescriber["last_name"] = rng.choice(LAST)
+    data = vary_case(shape, f"NB-{i:06d}", i, rng, catalog)
     attachments = data.get("attachments") or []
     data["attachments"] = [
         {

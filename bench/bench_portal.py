@@ -56,6 +56,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from synthetic import FIRST_F, FIRST_M, LAST
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
 PASSWORD = "bench password, not a secret"  # noqa: S105 (synthetic accounts)
@@ -78,8 +80,7 @@ STATUS_WEIGHTS = {
     "expired": 12,
     "withdrawn": 5,
 }
-FIRST = ["Dana", "Amara", "Zoë", "Ingrid", "Mei", "Tomás", "Kwame", "Søren", "Mateo", "Omar"]
-LAST = ["Whitfield", "Nguyễn", "Okafor", "Brennan", "Kowalczyk", "Haddad", "Lindqvist", "Ōta"]
+FIRST = FIRST_F + FIRST_M
 
 
 # ---- the data folder ------------------------------------------------------------------------
