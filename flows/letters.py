@@ -60,7 +60,7 @@ def generate_letters(paths: list[str], out_dir: str | None = None) -> dict:
     files = find_case_files([Path(p) for p in paths])
     logger.info("%d case file(s) to generate into %s", len(files), out_dir)
     if not files:
-        return {"out_dir": out_dir, "ready": 0, "invalid": 0, "cases": []}
+        return {"out_dir": out_dir, "ready": 0, "needs_info": 0, "invalid": 0, "cases": []}
     size = max(1, min(settings.chunk_size, -(-len(files) // (settings.workers * 2))))
     workers = min(settings.workers, -(-len(files) // size))
     settings = settings.model_copy(update={"workers": workers})
@@ -86,9 +86,17 @@ def generate_letters(paths: list[str], out_dir: str | None = None) -> dict:
         table=cases,
         description=f"Letters generated into {out_dir} (case IDs only)",
     )
-    ready = sum(r.ok for r in results)
-    logger.info("%d ready, %d invalid", ready, len(results) - ready)
-    return {"out_dir": out_dir, "ready": ready, "invalid": len(results) - ready, "cases": cases}
+    ready = sum(r.status == "ready" for r in results)
+    needs_info = sum(r.status == "needs_info" for r in results)
+    invalid = len(results) - ready - needs_info
+    logger.info("%d ready, %d needs_info (DRAFT), %d invalid", ready, needs_info, invalid)
+    return {
+        "out_dir": out_dir,
+        "ready": ready,
+        "needs_info": needs_info,
+        "invalid": invalid,
+        "cases": cases,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,15 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summary = generate_letters(paths=args.paths, out_dir=args.out)
     out = Path(summary["out_dir"]).resolve()
-    print(f"\n{summary['ready']} ready, {summary['invalid']} invalid. PDFs are in {out}:")
+    print(
+        f"\n{summary['ready']} ready, {summary['needs_info']} needs_info (letters marked DRAFT: "
+        f"a payer criterion lacks a document), {summary['invalid']} invalid. PDFs are in {out}:"
+    )
     for case in summary["cases"]:
         where = out / case["case_id"]
         shown = (
             f"{where}/letter.pdf, packet.pdf"
-            if case["status"] == "ready"
+            if case["status"] in ("ready", "needs_info")
             else f"{where}/summary.json"
         )
-        print(f"  {case['status']:<8} {case['case_id']:<24} {shown}")
+        print(f"  {case['status']:<10} {case['case_id']:<24} {shown}")
     return 1 if summary["invalid"] else 0
 
 

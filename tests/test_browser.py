@@ -50,7 +50,7 @@ if not CHROMIUM.is_file():
 CASE_FILES = [
     "ms-dmt-failure-privigen.yaml",  # MS-1001: stays ready; the one the test downloads
     "ms-1004.yaml",  # submitted
-    "pid-3001.yaml",  # submitted, then denied
+    "pid-3010.yaml",  # submitted, then denied
     "cidp-2001.json",
     "itp-4001.yaml",
 ]
@@ -93,14 +93,14 @@ def _seed(home: Path) -> None:
     now = datetime.now(UTC)
     report = run_night(settings, now - timedelta(days=3))
     assert sorted(report.accepted) == sorted(
-        ["MS-1001", "MS-1004", "PID-3001", "CIDP-2001", "ITP-4001"]
+        ["MS-1001", "MS-1004", "PID-3010", "CIDP-2001", "ITP-4001"]
     ), report
     catalog = load_catalog(settings.reference_dir)
     staff = Actor("jdoe", "coordinator", "coordinator")
     store = Store(settings.db_url)
     try:
         with store.session() as session:
-            for case_id in ("MS-1004", "PID-3001"):
+            for case_id in ("MS-1004", "PID-3010"):
                 submit(
                     session,
                     case_id,
@@ -112,7 +112,7 @@ def _seed(home: Path) -> None:
                 )
             set_status(
                 session,
-                "PID-3001",
+                "PID-3010",
                 "denied",
                 actor=staff,
                 now=now - timedelta(days=1),

@@ -160,3 +160,74 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0
     for command in ("letter", "dose", "check", "schema"):
         assert command in result.stdout
+
+
+# ---- the payer criteria checklist ---------------------------------------------------------------
+
+NCS = "ncs_report"
+
+
+def ncs_case() -> dict:
+    """A fixture case that meets its payer's criteria with a nerve conduction study attached."""
+    import yaml
+
+    for path in sorted(CASES.iterdir()):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if any(a.get("kind") == NCS for a in data.get("attachments", [])):
+            return data
+    pytest.skip(f"no fixture case encloses an attachment of kind {NCS} yet")
+
+
+def without_ncs(data: dict) -> dict:
+    return {**data, "attachments": [a for a in data["attachments"] if a.get("kind") != NCS]}
+
+
+def test_check_prints_the_checklist_and_the_document_request(write_case) -> None:
+    data = ncs_case()
+    complete = write_case(data, "complete.yaml")
+    lacking = write_case(without_ncs(data), "lacking.yaml")
+    code, out = run("check", str(complete), str(lacking))
+    assert code == 0, out  # needs_info is valid: only invalid cases exit 1
+    blocks = out.split(str(lacking))
+    ok_part, needs_part = blocks[0], blocks[1]
+    assert ok_part.splitlines()[0].startswith("ok ")
+    assert "criteria SYN-" in ok_part and "effective 20" in ok_part
+    assert "INSUFFICIENT" not in ok_part and "request:" not in ok_part
+    assert ok_part.count(" met ") >= 2
+    assert blocks[0].splitlines()[-1].startswith("needs_info")
+    head = needs_part.splitlines()[1]
+    assert head.strip().startswith("criteria SYN-") and head.endswith("INSUFFICIENT")
+    requests = [line.strip() for line in needs_part.splitlines() if "request:" in line]
+    assert any(f"no attachment of kind `{NCS}`" in line for line in requests), needs_part
+    # Each insufficient item: its id, verdict and wording, then its request.
+    lines = needs_part.splitlines()
+    for i, line in enumerate(lines):
+        if " INSUFFICIENT " in line:
+            assert "request:" in lines[i + 1], line
+
+
+def test_check_keeps_exit_1_for_invalid_cases_next_to_needs_info_ones(write_case) -> None:
+    lacking = write_case(without_ncs(ncs_case()), "lacking.yaml")
+    bad = write_case(make_case(**{"case_id": "BAD-1", "diagnoses.0.code": "G35"}), "bad.yaml")
+    code, out = run("check", str(lacking), str(bad))
+    assert code == 1
+    assert f"needs_info {lacking}" in out and f"invalid    {bad}" in out
+
+
+def test_letter_prints_needs_info_and_the_checklist(tmp_path: Path, write_case) -> None:
+    data = ncs_case()
+    lacking = write_case(without_ncs(data), "lacking.yaml")
+    code, out = run("letter", str(lacking), "--out", str(tmp_path / "o"), "--workers", "1")
+    assert code == 0, out
+    case_id = data["case_id"]
+    summary = json.loads((tmp_path / "o" / case_id / "summary.json").read_text())
+    missing = [i["id"] for i in summary["criteria"]["items"] if i["verdict"] == "insufficient"]
+    assert summary["status"] == "needs_info" and missing
+    assert f"needs_info {case_id} (payer criteria insufficient: {', '.join(missing)};" in out
+    assert f"no attachment of kind `{NCS}`" in out
+    assert out.rstrip().splitlines()[-1].startswith("0 ready, 1 needs_info, 0 invalid")
+    assert sorted(p.name for p in (tmp_path / "o" / case_id).iterdir()) == [
+        "letter.pdf",
+        "packet.pdf",
+        "summary.json",
+    ]

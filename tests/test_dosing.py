@@ -18,11 +18,15 @@ from priorauth.catalog import Product, load_catalog
 from priorauth.dosing import (
     IN_TO_CM,
     LB_TO_KG,
+    Course,
     Dose,
     DoseRequest,
     DoseWarning,
+    LoadingPhase,
+    Regimen,
     VialCount,
     compute_dose,
+    compute_regimen,
     format_g,
     format_kg,
     inches_to_cm,
@@ -668,3 +672,348 @@ def test_dose_invariants(request: DoseRequest, product: Product) -> None:
     data = dose.as_dict()
     assert set(data) == DOSING_KEYS
     assert json.loads(json.dumps(data)) == data
+
+
+# --- regimens with a loading phase ----------------------------------------------------------
+
+# CIDP: M, 175 cm, 80 kg, Gamunex-C (vials 1, 2.5, 5, 10, 20, 40 g), basis `policy`, 180 days;
+# loading 2 g/kg over 2 days, then maintenance 1 g/kg over 1 day every 21 days.
+#   height_in = 175 / 2.54 = 68.8976; IBW = 50 + 2.3 × 8.8976 = 70.4646 kg
+#   BMI = 80 / 1.75² = 26.12 (< 30) and 80 < 1.2 × 70.4646 = 84.56 → actual weight, 80 kg
+#   loading:     2 × 80 / 2 = 80 g a day (exactly 1 g/kg a day: no warning) = 2 × 40 g;
+#                160 g a course = 320 units; one course, on day 0
+#   maintenance: 1 × 80 / 1 = 80 g = 2 × 40 g; 80 g a course = 160 units;
+#                first course on day 0 + 21 = 21, then 42, 63, 84, 105, 126, 147, 168
+#                (189 is past day 179): 8 courses = 1,280 units
+#   authorization: 320 + 1,280 = 1,600 units (the maintenance regimen alone from day 0 would be
+#                floor(179 / 21) + 1 = 9 courses = 1,440 units)
+CIDP_MAINTENANCE = DoseRequest(
+    sex="M",
+    height_cm=D(175),
+    weight_kg=D(80),
+    g_per_kg_per_course=D(1),
+    days_per_course=1,
+    interval_days=21,
+    authorization_days=180,
+)
+CIDP_LOADING = LoadingPhase(g_per_kg_per_course=D(2), days_per_course=2)
+
+
+def test_cidp_loading_then_maintenance_by_hand() -> None:
+    regimen = compute_regimen(CIDP_MAINTENANCE, GAMUNEX, CIDP_LOADING)
+    loading, maintenance = regimen.loading, regimen.maintenance
+    assert loading is not None
+
+    for dose in (loading, maintenance):
+        assert close(dose.ideal_weight_kg, "70.4645669")
+        assert close(dose.bmi, "26.1224490")
+        assert dose.weight_basis == "actual"
+        assert dose.dosing_weight_kg == D(80)
+        assert dose.warnings == ()
+
+    assert loading.g_per_kg_per_course == D(2)
+    assert loading.days_per_course == 2
+    assert loading.calculated_g_per_day == D(80)
+    assert loading.dispensed_g_per_day == D(80)
+    assert loading.vials_per_day == vials((40, 2))
+    assert loading.dispensed_g_per_course == D(160)
+    assert loading.billing_units_per_course == 320
+    assert loading.interval_days is None
+    assert loading.courses_in_authorization == 1
+    assert loading.billing_units_in_authorization == 320
+
+    assert maintenance.calculated_g_per_day == D(80)
+    assert maintenance.vials_per_day == vials((40, 2))
+    assert maintenance.dispensed_g_per_course == D(80)
+    assert maintenance.billing_units_per_course == 160
+    assert maintenance.interval_days == 21
+    assert maintenance.courses_in_authorization == 8
+    assert maintenance.billing_units_in_authorization == 1280
+
+    assert regimen.maintenance_first_day == 21
+    assert regimen.total_billing_units_in_authorization == 1600
+    assert regimen.schedule() == (
+        Course("loading", 0, 320),
+        *(Course("maintenance", day, 160) for day in (21, 42, 63, 84, 105, 126, 147, 168)),
+    )
+    # the maintenance regimen alone, from day 0
+    assert compute_dose(CIDP_MAINTENANCE, GAMUNEX).billing_units_in_authorization == 1440
+
+
+def test_cidp_regimen_as_dict() -> None:
+    regimen = compute_regimen(CIDP_MAINTENANCE, GAMUNEX, CIDP_LOADING)
+    data = regimen.as_dict()
+
+    assert set(data) == DOSING_KEYS | {"phases", "total_billing_units_in_authorization"}
+    # the top-level keys are the maintenance phase's
+    assert data["g_per_kg_per_course"] == 1.0
+    assert data["billing_units_per_course"] == 160
+    assert data["interval_days"] == 21
+    assert data["courses_in_authorization"] == 8
+    assert data["billing_units_in_authorization"] == 1280
+    assert data["total_billing_units_in_authorization"] == 1600
+    loading, maintenance = data["phases"]
+    assert set(loading) == DOSING_KEYS | {"phase", "first_course_day", "courses"}
+    assert set(maintenance) == DOSING_KEYS | {"phase", "first_course_day"}
+    assert (loading["phase"], loading["first_course_day"], loading["courses"]) == ("loading", 0, 1)
+    assert (maintenance["phase"], maintenance["first_course_day"]) == ("maintenance", 21)
+    assert loading["g_per_kg_per_course"] == 2.0
+    assert loading["days_per_course"] == 2
+    assert loading["dispensed_g_per_course"] == 160.0
+    assert loading["vials_per_day"] == [{"size_g": 40.0, "count": 2}]
+    assert loading["billing_units_in_authorization"] == 320
+    assert loading["interval_days"] is None
+    assert {k: v for k, v in maintenance.items() if k in DOSING_KEYS} == {
+        k: v for k, v in data.items() if k in DOSING_KEYS
+    }
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_single_regimen_is_todays_dose_plus_a_total() -> None:
+    regimen = compute_regimen(WORKED, PRIVIGEN)
+    assert regimen.loading is None
+    assert regimen.maintenance == compute_dose(WORKED, PRIVIGEN)
+    assert regimen.phases == (("maintenance", regimen.maintenance),)
+    assert regimen.as_dict() == {
+        **compute_dose(WORKED, PRIVIGEN).as_dict(),
+        "total_billing_units_in_authorization": 2100,
+    }
+    assert [c.day for c in regimen.schedule()] == [0, 28, 56, 84, 112, 140, 168]
+    one_time = compute_regimen(replace(WORKED, interval_days=None), PRIVIGEN)
+    assert one_time.schedule() == (Course("maintenance", 0, 300),)
+    assert one_time.as_dict()["total_billing_units_in_authorization"] == 300
+
+
+def test_two_loading_courses_on_the_worked_example_patient() -> None:
+    # Adjusted weight 72.1457 kg (DOMAIN.md worked example), Privigen (vials 5, 10, 20, 40 g).
+    # Loading: 2 g/kg over 5 days, 2 courses 28 days apart: 28.86 g a day → 30 g, 150 g =
+    #   300 units a course, on days 0 and 28: 600 units.
+    # Maintenance: 1 g/kg over 2 days every 28 days: 72.1457 / 2 = 36.07 g a day; 35 g is 3.0%
+    #   below, 40 g 10.9% above → 35 g = 20 + 10 + 5; 70 g = 140 units a course; first course
+    #   28 + 28 = day 56, then 84, 112, 140, 168 (196 is past day 179): 5 courses = 700 units.
+    # Total 600 + 700 = 1,300 units.
+    maintenance = replace(WORKED, g_per_kg_per_course=D(1), days_per_course=2)
+    loading = LoadingPhase(D(2), days_per_course=5, courses=2, interval_days=28)
+    regimen = compute_regimen(maintenance, PRIVIGEN, loading)
+    assert regimen.loading is not None
+    assert regimen.loading.billing_units_per_course == 300
+    assert regimen.loading.interval_days == 28
+    assert regimen.loading.courses_in_authorization == 2
+    assert regimen.maintenance.dispensed_g_per_day == D(35)
+    assert regimen.maintenance.vials_per_day == vials((20, 1), (10, 1), (5, 1))
+    assert regimen.maintenance.billing_units_per_course == 140
+    assert regimen.maintenance_first_day == 56
+    assert regimen.maintenance.courses_in_authorization == 5
+    assert regimen.total_billing_units_in_authorization == 1300
+    assert [(c.phase, c.day) for c in regimen.schedule()] == [
+        ("loading", 0),
+        ("loading", 28),
+        *(("maintenance", day) for day in (56, 84, 112, 140, 168)),
+    ]
+    assert regimen.as_dict()["phases"][0]["courses"] == 2
+
+
+def test_loading_courses_past_the_authorization_do_not_count() -> None:
+    # Loading every 14 days × 3 (days 0, 14, 28) in a 28-day authorization: days 0 and 14 only;
+    # maintenance would start on day 28 + 21 = 49: none.
+    short = replace(CIDP_MAINTENANCE, authorization_days=28)
+    loading = LoadingPhase(D("0.4"), days_per_course=1, courses=3, interval_days=14)
+    regimen = compute_regimen(short, GAMUNEX, loading)
+    assert regimen.loading is not None
+    assert regimen.loading.courses_in_authorization == 2
+    assert regimen.loading_courses == 3
+    assert regimen.maintenance_first_day == 49
+    assert regimen.maintenance.courses_in_authorization == 0
+    assert regimen.maintenance.billing_units_in_authorization == 0
+    # 0.4 × 80 = 32 g = 64 units a course
+    assert regimen.total_billing_units_in_authorization == 2 * 64
+    # The loading interval under 21 days is a warning of the loading phase.
+    assert [(w.code, w.phase) for w in regimen.warnings] == [("INTERVAL_UNDER_21_DAYS", "loading")]
+    assert regimen.as_dict()["warnings"] == [
+        {
+            "code": "INTERVAL_UNDER_21_DAYS",
+            "message": "Loading phase: courses every 14 days is an interval under 21 days.",
+            "phase": "loading",
+        }
+    ]
+
+
+def test_maintenance_exactly_at_the_end_of_the_authorization() -> None:
+    # Loading on day 0; maintenance every 21 days from day 21: with 22 days, day 21 is the last
+    # day of the authorization (1 course); with 21 days it is outside (0 courses).
+    for days, courses in ((22, 1), (21, 0), (42, 1), (43, 2)):
+        request = replace(CIDP_MAINTENANCE, authorization_days=days)
+        regimen = compute_regimen(request, GAMUNEX, CIDP_LOADING)
+        assert regimen.maintenance.courses_in_authorization == courses, days
+        assert regimen.total_billing_units_in_authorization == 320 + 160 * courses
+
+
+def test_phase_warnings_name_their_phase() -> None:
+    # 2 g/kg in one day is above 1 g/kg a day (2 g/kg over 2 days is exactly 1 g/kg a day, which
+    # DOMAIN.md §5.10 does not flag: "more than 1 g/kg on one day").
+    regimen = compute_regimen(CIDP_MAINTENANCE, GAMUNEX, LoadingPhase(D(2), days_per_course=1))
+    assert regimen.loading is not None
+    (warning,) = regimen.loading.warnings
+    assert warning == DoseWarning(
+        "DAILY_ABOVE_1_G_PER_KG",
+        "Loading phase: 2 g/kg over 1 day is 2 g/kg on one day, above 1 g/kg a day.",
+        "loading",
+    )
+    assert regimen.maintenance.warnings == ()
+    assert regimen.warnings == (warning,)
+    data = regimen.as_dict()
+    assert data["warnings"] == [warning.as_dict()]
+    assert data["warnings"][0]["phase"] == "loading"
+    assert data["phases"][0]["warnings"] == [warning.as_dict()]
+    assert data["phases"][1]["warnings"] == []
+
+    # Both phases warn, each in its own words; a height warning is the patient's and shows once.
+    short = replace(CIDP_MAINTENANCE, height_cm=D(150), days_per_course=6, interval_days=14)
+    regimen = compute_regimen(short, GAMUNEX, LoadingPhase(D(3), days_per_course=2))
+    found = [(w.code, w.phase) for w in regimen.warnings]
+    assert found == [
+        ("G_PER_KG_ABOVE_2", "loading"),
+        ("DAILY_ABOVE_1_G_PER_KG", "loading"),
+        ("HEIGHT_UNDER_60_IN", None),
+        ("MORE_THAN_5_DAYS", "maintenance"),
+        ("INTERVAL_UNDER_21_DAYS", "maintenance"),
+    ]
+    messages = {(w.code, w.phase): w.message for w in regimen.warnings}
+    assert messages[("MORE_THAN_5_DAYS", "maintenance")] == (
+        "Maintenance phase: 6 days of infusion in one course is more than 5."
+    )
+    assert messages[("HEIGHT_UNDER_60_IN", None)].startswith("Height 150 cm")
+    assert "phase" not in regimen.warnings[2].as_dict()
+
+
+@pytest.mark.parametrize(
+    ("request_changes", "loading", "words"),
+    [
+        ({"interval_days": None}, LoadingPhase(D(2)), "maintenance interval_days"),
+        ({}, LoadingPhase(D(2), courses=2), "2 loading courses need"),
+        ({}, LoadingPhase(D(2), interval_days=21), "only with more than 1 loading course"),
+        ({}, LoadingPhase(D(2), courses=0), "loading courses must be at least 1"),
+        ({}, LoadingPhase(D(2), courses=2, interval_days=0), "at least 1"),
+        ({}, LoadingPhase(D(0)), "loading phase: g/kg per course must be above 0"),
+        ({}, LoadingPhase(D(2), days_per_course=0), "loading phase: infusion days"),
+        ({"g_per_kg_per_course": D(0)}, LoadingPhase(D(2)), "g/kg per course must be above 0"),
+    ],
+)
+def test_regimen_errors(request_changes: dict, loading: LoadingPhase, words: str) -> None:
+    with pytest.raises(DosingError, match=words):
+        compute_regimen(replace(CIDP_MAINTENANCE, **request_changes), GAMUNEX, loading)
+
+
+def test_loading_phase_as_dict() -> None:
+    assert LoadingPhase(D("2.0"), 2).as_dict() == {
+        "g_per_kg_per_course": 2.0,
+        "days_per_course": 2,
+        "courses": 1,
+        "interval_days": None,
+    }
+
+
+loadings_st = st.integers(1, 4).flatmap(
+    lambda courses: st.builds(
+        LoadingPhase,
+        g_per_kg_per_course=tenths(1, 30),
+        days_per_course=st.integers(1, 7),
+        courses=st.just(courses),
+        interval_days=st.none() if courses == 1 else st.integers(1, 60),
+    )
+)
+
+
+def _without_schedule(dose: Dose) -> Dose:
+    return replace(dose, courses_in_authorization=0, billing_units_in_authorization=0, warnings=())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    request=requests_st.filter(lambda r: r.interval_days is not None),
+    loading=loadings_st,
+    product=products_st,
+)
+def test_regimen_invariants(request: DoseRequest, loading: LoadingPhase, product: Product) -> None:
+    regimen = compute_regimen(request, product, loading)
+    assert isinstance(regimen, Regimen)
+    assert regimen.loading is not None
+    loading_request = replace(
+        request,
+        g_per_kg_per_course=loading.g_per_kg_per_course,
+        days_per_course=loading.days_per_course,
+        interval_days=loading.interval_days,
+    )
+    alone = {
+        "loading": compute_dose(loading_request, product),
+        "maintenance": compute_dose(request, product),
+    }
+    authorization = request.authorization_days
+    maintenance_interval = request.interval_days
+    assert maintenance_interval is not None
+
+    # Each phase is the DOMAIN.md §5 dose of its own request; only its schedule differs.
+    for phase, dose in regimen.phases:
+        assert _without_schedule(dose) == _without_schedule(alone[phase])
+        assert dose.billing_units_in_authorization == (
+            dose.billing_units_per_course * dose.courses_in_authorization
+        )
+        assert [(w.code, w.message) for w in dose.warnings if w.phase is None] == [
+            (w.code, w.message) for w in alone[phase].warnings if w.code == "HEIGHT_UNDER_60_IN"
+        ]
+        assert sorted(w.code for w in dose.warnings) == sorted(
+            w.code for w in alone[phase].warnings
+        )
+        assert all(w.phase in (None, phase) for w in dose.warnings)
+        assert all(
+            w.message.startswith(f"{phase.capitalize()} phase: ") for w in dose.warnings if w.phase
+        )
+
+    # The schedule, restated: loading on day 0 and every loading interval; maintenance from the
+    # maintenance interval after the last loading start; courses count if they start before the
+    # end of the authorization.
+    step = loading.interval_days or 0
+    loading_days = [i * step for i in range(loading.courses)]
+    first = loading_days[-1] + maintenance_interval
+    maintenance_days = list(range(first, authorization, maintenance_interval))
+    expected = [("loading", day) for day in loading_days if day < authorization] + [
+        ("maintenance", day) for day in maintenance_days
+    ]
+    assert [(c.phase, c.day) for c in regimen.schedule()] == expected
+    assert regimen.maintenance_first_day == first
+    assert regimen.loading.courses_in_authorization == sum(d < authorization for d in loading_days)
+    assert regimen.maintenance.courses_in_authorization == len(maintenance_days)
+    assert regimen.total_billing_units_in_authorization == sum(
+        c.billing_units for c in regimen.schedule()
+    )
+    # Fewer maintenance courses than the maintenance regimen alone would have from day 0.
+    assert (
+        regimen.maintenance.courses_in_authorization < alone["maintenance"].courses_in_authorization
+    )
+
+    data = regimen.as_dict()
+    assert set(data) == DOSING_KEYS | {"phases", "total_billing_units_in_authorization"}
+    assert [p["phase"] for p in data["phases"]] == ["loading", "maintenance"]
+    assert data["total_billing_units_in_authorization"] == sum(
+        p["billing_units_in_authorization"] for p in data["phases"]
+    )
+    assert (
+        data["billing_units_in_authorization"]
+        == data["phases"][1]["billing_units_in_authorization"]
+    )
+    assert data["warnings"] == [w.as_dict() for w in regimen.warnings]
+    assert json.loads(json.dumps(data)) == data
+
+
+@settings(max_examples=100, deadline=None)
+@given(request=requests_st, product=products_st)
+def test_single_regimen_invariants(request: DoseRequest, product: Product) -> None:
+    regimen = compute_regimen(request, product)
+    dose = compute_dose(request, product)
+    assert regimen.maintenance == dose
+    assert regimen.warnings == dose.warnings
+    assert regimen.as_dict() == {
+        **dose.as_dict(),
+        "total_billing_units_in_authorization": dose.billing_units_in_authorization,
+    }
+    assert len(regimen.schedule()) == dose.courses_in_authorization

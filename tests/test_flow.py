@@ -62,11 +62,17 @@ def test_flow_run_generates_every_fixture_and_keeps_phi_out_of_prefect(harness, 
     assert state.is_completed()
     summary = state.result()
     cases = sorted(CASES.glob("*.y*ml")) + sorted(CASES.glob("*.json"))
-    assert summary["ready"] == len(cases)
+    # every valid fixture is written; those whose payer criteria lack a document are needs_info
+    assert summary["ready"] + summary["needs_info"] == len(cases)
+    assert summary["needs_info"] == sum(
+        json.loads((out / c["case_id"] / "summary.json").read_text())["status"] == "needs_info"
+        for c in summary["cases"]
+        if c["status"] != "invalid"
+    )
     assert summary["invalid"] == 1
     for case in summary["cases"]:
         folder = out / case["case_id"]
-        if case["status"] == "ready":
+        if case["status"] in ("ready", "needs_info"):
             assert (folder / "letter.pdf").stat().st_size > 0
             assert (folder / "packet.pdf").stat().st_size > 0
         else:
@@ -115,7 +121,8 @@ def test_nightly_flow_run(harness, tmp_path: Path, monkeypatch) -> None:
     state = nightly_flow.nightly_run(return_state=True)
     assert state.is_completed()
     summary = state.result()
-    assert summary["by_status"] == {"ready": 5}
+    assert summary["by_status"] == {"ready": 4, "needs_info": 1}  # CIDP-2010 lacks its NCS report
+    assert summary["needs_info"] == ["CIDP-2010"]
     assert summary["quarantined"] == 1
     assert summary["responses"] == {"file set aside": 1}
     assert (home / "quarantine" / "garbage.json.reason.txt").exists()
@@ -167,7 +174,10 @@ def test_cli_nightly_on_the_fixtures_then_a_denial_emails_once(
         cli("nightly")
         cases = json.loads(cli("cases", "--json"))
         assert len(cases) == len(list(CASES.glob("*.*")))
-        assert {c["status"] for c in cases} == {"ready"}
+        by_status = {c["case_id"]: c["status"] for c in cases}
+        needs_info = {k for k, v in by_status.items() if v == "needs_info"}
+        assert needs_info == {"CIDP-2010", "MG-5010", "MS-1010", "PID-3001", "PID-3012"}
+        assert set(by_status.values()) == {"ready", "needs_info"}
         cli("submit", "MS-1004", "--method", "fax", "--reference", "FAX-1")
         (home / "responses" / "denied.x12").write_bytes(
             (FIXTURES / "responses" / "ms-1004-denied.x12").read_bytes()

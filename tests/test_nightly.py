@@ -25,6 +25,7 @@ from priorauth.files import sha256_file
 from priorauth.nightly import run_night
 from priorauth.settings import load_settings
 from priorauth.store import (
+    AuditRow,
     CaseRow,
     DocumentRow,
     NotificationRow,
@@ -155,7 +156,7 @@ def test_nightly_fills_the_store_sets_bad_files_aside_and_emails_a_denial_once(t
         assert {c[0]: c[1] for c in state["cases"]} == {
             "MS-1001": "ready",
             "MS-1004": "submitted",
-            "PID-3001": "ready",
+            "PID-3001": "needs_info",  # one IgG result where its policy asks for two
             "CIDP-2001": "ready",
         }
         reason = (home / "quarantine" / "bad-g35-category.yaml.reason.txt").read_text()
@@ -545,3 +546,179 @@ def test_expiring_authorization_gets_one_renewal_letter(tmp_path, monkeypatch):
     with store.session() as session:
         assert session.get(CaseRow, "MS-1001").status == "expired"
     store.dispose()
+
+
+# ---- payer criteria: needs_info, the case file fixed, a coordinator's override -----------------
+
+NCS = "ncs_report"
+
+
+def ncs_fixture() -> Path:
+    """A fixture case that meets its payer's criteria with a nerve conduction study attached."""
+    import yaml
+
+    for path in sorted(CASES.iterdir()):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if any(a.get("kind") == NCS for a in data.get("attachments", [])):
+            return path
+    pytest.skip(f"no fixture case encloses an attachment of kind {NCS} yet")
+
+
+def write_ncs_case(home: Path, *, with_ncs: bool, weight_kg: float | None = None) -> Path:
+    """That case in intake/ (always under the same file name), with or without its NCS report."""
+    import yaml
+
+    source = ncs_fixture()
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if not with_ncs:
+        data["attachments"] = [a for a in data["attachments"] if a.get("kind") != NCS]
+    if weight_kg is not None:
+        data["patient"]["weight"]["value"] = weight_kg
+    path = home / "intake" / f"{source.stem}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def stored(settings, case_id: str) -> dict:
+    from priorauth.tracking import case_view
+
+    store = Store(settings.db_url)
+    try:
+        with store.reader() as session:
+            view = case_view(session, case_id)
+            view["summary"] = session.get(CaseRow, case_id).summary
+            view["audit"] = [
+                (a.action, a.actor, a.detail)
+                for a in session.scalars(
+                    select(AuditRow).where(AuditRow.case_id == case_id).order_by(AuditRow.id)
+                )
+            ]
+            return view
+    finally:
+        store.dispose()
+
+
+def letter_text(home: Path, path: str) -> str:
+    from pypdf import PdfReader
+
+    return " ".join(page.extract_text() for page in PdfReader(home / path).pages)
+
+
+def test_a_case_missing_a_required_document_needs_info_until_its_file_is_fixed(tmp_path):
+    home = make_home(tmp_path, ["ms-1004.yaml"])
+    path = write_ncs_case(home, with_ncs=False)
+    settings = settings_for(home)
+    first = run_night(settings, datetime(2026, 11, 25, 2, 0, tzinfo=UTC))
+    case_id = next(c for c in first.accepted if c != "MS-1004")
+    # Registered, with a letter and a packet (DRAFTs), listed under needs_info, not set aside.
+    assert first.needs_info == [case_id] and case_id in first.letters
+    assert (first.invalid, first.quarantined) == ([], [])
+    assert first.summary()["needs_info"] == [case_id]
+    table = {row["what"]: row for row in first.table()}
+    assert table["needs info (payer criteria insufficient, draft letter)"]["cases"] == case_id
+    assert table["invalid (case file set aside)"]["count"] == 0
+    assert path.exists()
+    view = stored(settings, case_id)
+    assert view["status"] == "needs_info"
+    assert view["summary"]["status"] == "needs_info"
+    criteria = view["summary"]["criteria"]
+    assert criteria["verdict"] == "insufficient"
+    missing = [i["id"] for i in criteria["items"] if i["verdict"] == "insufficient"]
+    assert missing and view["missing"] == missing
+    assert any(NCS in (i["request"] or "") for i in criteria["items"])
+    moved = view["history"][-1]
+    assert (moved["from"], moved["to"]) == ("draft", "needs_info")
+    assert all(criterion in moved["reason"] for criterion in missing)
+    names = {d["kind"]: d for d in view["documents"]}
+    assert sorted(names) == ["letter", "packet"]
+    assert "DRAFT" in letter_text(home, names["letter"]["path"])
+    # The night again: nothing new.
+    again = run_night(settings, datetime(2026, 11, 26, 2, 0, tzinfo=UTC))
+    assert (again.accepted, again.needs_info) == ([], [])
+    # The NCS report is added to the case file: evaluated afresh, ready, final letter v2.
+    write_ncs_case(home, with_ncs=True)
+    fixed = run_night(settings, datetime(2026, 11, 27, 2, 0, tzinfo=UTC))
+    assert (fixed.accepted, fixed.needs_info) == ([case_id], [])
+    view = stored(settings, case_id)
+    assert view["status"] == "ready" and view["missing"] == []
+    assert view["summary"]["criteria"]["verdict"] == "met"
+    assert [(h["from"], h["to"]) for h in view["history"]][-1] == ("needs_info", "ready")
+    letters = [d for d in view["documents"] if d["kind"] == "letter"]
+    assert [d["version"] for d in letters] == [1, 2]
+    assert "DRAFT" not in letter_text(home, letters[-1]["path"])
+
+
+def cli(home: Path, *args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from priorauth.cli import main
+
+    env = {"PRIORAUTH_HOME": str(home), "PRIORAUTH_WORKERS": "1", "SOURCE_DATE_EPOCH": "1795996800"}
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_a_coordinator_override_is_audited_makes_the_letter_final_and_survives_the_night(
+    tmp_path,
+):
+    home = make_home(tmp_path, [])
+    write_ncs_case(home, with_ncs=False)
+    settings = settings_for(home)
+    (case_id,) = run_night(settings, datetime(2026, 11, 25, 2, 0, tzinfo=UTC)).needs_info
+    missing = stored(settings, case_id)["missing"]
+
+    code, out = cli(home, "cases", "--status", "needs_info")
+    assert code == 0 and case_id in out and f"missing: {', '.join(missing)}" in out
+    code, out = cli(home, "status", case_id)
+    assert code == 0 and f"{case_id}: needs_info" in out
+    assert "INSUFFICIENT" in out and "request:" in out and NCS in out
+    # Without a reason: refused, saying what is missing and how to proceed; nothing changes.
+    for blank in ([], ["--reason", "  "]):
+        code, out = cli(home, "status", case_id, "ready", *blank)
+        assert code == 2
+        assert "--reason" in out and all(m in out for m in missing)
+    assert stored(settings, case_id)["status"] == "needs_info"
+
+    reason = "NCS report faxed separately by the neurologist's office"
+    code, out = cli(home, "status", case_id, "ready", "--reason", reason, "--actor", "jdoe")
+    assert code == 0, out
+    assert "criteria override" in out
+    view = stored(settings, case_id)
+    assert (view["status"], view["override"], view["letter_status"]) == ("ready", True, "ready")
+    last = view["history"][-1]
+    assert (last["from"], last["to"], last["actor"], last["source"]) == (
+        "needs_info",
+        "ready",
+        "jdoe",
+        "coordinator",
+    )
+    assert (last["reason_code"], last["reason"]) == ("CRITERIA_OVERRIDE", reason)
+    overrides = [a for a in view["audit"] if a[0] == "criteria_override"]
+    assert len(overrides) == 1 and overrides[0][1] == "jdoe"
+    assert all(m in overrides[0][2] for m in missing) and "faxed" not in overrides[0][2]
+    # The letter is final: a new version without the DRAFT watermark; the DRAFT stays on file.
+    letters = [d for d in view["documents"] if d["kind"] == "letter"]
+    assert [d["version"] for d in letters] == [1, 2]
+    assert "DRAFT" in letter_text(home, letters[0]["path"])
+    assert "DRAFT" not in letter_text(home, letters[1]["path"])
+    assert view["summary"]["criteria"]["override"] is True
+
+    # Re-running the night (same case-file version) undoes nothing.
+    for day in (26, 27):
+        night = run_night(settings, datetime(2026, 11, day, 2, 0, tzinfo=UTC))
+        assert (night.accepted, night.needs_info) == ([], [])
+    again = stored(settings, case_id)
+    assert (again["status"], again["override"]) == ("ready", True)
+    assert again["documents"] == view["documents"] and again["history"] == view["history"]
+    # Overriding twice is refused (the case is ready now).
+    code, out = cli(home, "status", case_id, "ready", "--reason", reason)
+    assert code == 2 and "cannot move from ready to ready" in out
+
+    # A changed case file is evaluated afresh: the override does not carry over to it.
+    write_ncs_case(home, with_ncs=False, weight_kg=81)
+    changed = run_night(settings, datetime(2026, 11, 28, 2, 0, tzinfo=UTC))
+    assert changed.needs_info == [case_id]
+    fresh = stored(settings, case_id)
+    assert (fresh["override"], fresh["letter_status"]) == (False, "needs_info")
+    assert fresh["status"] == "ready"  # the state machine has no ready → needs_info move
+    assert any(a[0] == "criteria_insufficient" for a in fresh["audit"])

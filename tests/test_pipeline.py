@@ -216,9 +216,10 @@ def test_payer_override_changes_only_its_block(bench, write_case) -> None:
     letter = build_letter(case, bench, path.parent)
     assert letter.template == "payers/evergreen-medicare-advantage/ms.j2"
     words = flat(pdf_text(letter.letter_pdf))
-    assert "72-hour Part B decision time frame" in words
-    assert "evidence for IVIG in progressive disease" in words  # the situation's rationale stays
-    assert "The criteria for IVIG in MS are met" in words  # and ms.j2's criteria block
+    assert "standard 72-hour Part B decision time frame" in words
+    # the situation's wording stays: the SPMS trial's negative result (evidence library)
+    assert "secondary progressive" in words and "[1]" in words
+    assert "This is a request for off-label use" in words  # and base.j2's off-label block
 
 
 def _encrypted(tmp_path: Path) -> Path:
@@ -305,7 +306,7 @@ def test_summary_json_contract(bench, tmp_path: Path) -> None:
     assert dosing["weight_basis"] == "adjusted"
     assert dosing["vials_per_day"] == [{"size_g": 20.0, "count": 1}, {"size_g": 10.0, "count": 1}]
     assert dosing["billing_units_in_authorization"] == 2100
-    assert set(dosing) == DOSING_KEYS
+    assert set(dosing) == DOSING_KEYS | {"total_billing_units_in_authorization"}
     text = json.dumps(summary)
     assert "Whitfield" not in text and "SHP448812301" not in text and "1986-03-14" not in text
 

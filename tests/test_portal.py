@@ -564,3 +564,143 @@ def test_priorauth_serve_with_two_processes_shares_sign_ins_and_audits_each_down
     started = set(re.findall(r"Started server process \[(\d+)\]", output))
     assert len(started) == 2, output
     assert "Traceback" not in output, output
+
+
+# ---- payer criteria: the checklist, the needs_info queue, a coordinator's override ------------
+
+NCS = "ncs_report"
+
+
+@pytest.fixture(scope="module")
+def seeded_needs_info(tmp_path_factory) -> tuple[Path, str]:
+    """A data folder with one case whose nerve conduction study is missing (needs_info)."""
+    import yaml
+
+    source = next(
+        (
+            p
+            for p in sorted(CASES.iterdir())
+            if any(
+                a.get("kind") == NCS
+                for a in yaml.safe_load(p.read_text(encoding="utf-8")).get("attachments", [])
+            )
+        ),
+        None,
+    )
+    if source is None:
+        pytest.skip(f"no fixture case encloses an attachment of kind {NCS} yet")
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    data["attachments"] = [a for a in data["attachments"] if a.get("kind") != NCS]
+    home = tmp_path_factory.mktemp("portal-needs-info") / "home"
+    (home / "intake").mkdir(parents=True)
+    shutil.copytree(ATTACHMENTS, home / "attachments")
+    shutil.copy(CASES / "ms-dmt-failure-privigen.yaml", home / "intake")
+    (home / "intake" / f"{source.stem}.yaml").write_text(
+        yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
+    settings = load_settings(home=home, workers=1)
+    report = run_night(settings, START)
+    assert report.needs_info == [data["case_id"]], report
+    store = Store(settings.db_url)
+    with store.session() as session:
+        for role in accounts.ROLES:
+            accounts.add_user(session, f"{role}1", PASSWORD, role, START)
+    store.dispose()
+    return home, data["case_id"]
+
+
+@pytest.fixture
+def needs_info(seeded_needs_info, tmp_path: Path):
+    seeded, case_id = seeded_needs_info
+    home = tmp_path / "home"
+    shutil.copytree(seeded, home)
+    settings = load_settings(home=home, workers=1, secret_key="test-secret")
+    app = create_app(settings, clock=Clock())
+    yield {"app": app, "home": home, "store": app.state.store, "case_id": case_id}
+    app.state.store.dispose()
+
+
+def stored_criteria(portal) -> dict:
+    with portal["store"].reader() as s:
+        return s.get(CaseRow, portal["case_id"]).summary["criteria"]
+
+
+def test_case_page_shows_the_payer_criteria_checklist(needs_info) -> None:
+    from markupsafe import escape
+
+    case_id = needs_info["case_id"]
+    criteria = stored_criteria(needs_info)
+    page = client(needs_info, "pharmacist").get(f"/cases/{case_id}").text
+    assert "Payer criteria" in page and 'badge status-needs_info">Needs information<' in page
+    assert criteria["policy_id"] in page and criteria["effective_date"] in page
+    assert "watermarked DRAFT" in page
+    insufficient = [i for i in criteria["items"] if i["verdict"] == "insufficient"]
+    assert insufficient and page.count("<td>Information missing</td>") == len(insufficient)
+    for item in criteria["items"]:
+        assert str(escape(item["id"])) in page and str(escape(item["text"])) in page
+    for item in insufficient:  # the document request, escaped like everything else
+        assert str(escape(item["request"])) in page
+    assert any(NCS in item["request"] for item in insufficient)
+    assert "needs_info" not in page.replace("status-needs_info", "")  # labels, not codes
+    assert "Mark ready despite missing information" not in page  # pharmacists cannot override
+
+
+def test_queue_filters_needs_info(needs_info) -> None:
+    c = client(needs_info, "pharmacist")
+    page = c.get("/cases?status=needs_info").text
+    assert needs_info["case_id"] in page and "MS-1001" not in page and "1 case" in page
+    assert '<option value="needs_info" selected>Needs information</option>' in page
+    assert needs_info["case_id"] not in c.get("/cases?status=ready").text
+
+
+def test_coordinator_override_needs_a_reason_regenerates_and_is_audited(needs_info) -> None:
+    case_id = needs_info["case_id"]
+    c = client(needs_info, "coordinator")
+    page = c.get(f"/cases/{case_id}").text
+    assert "Mark ready despite missing information" in page
+    token = csrf_of(c, case_id)
+    refused = c.post(
+        f"/cases/{case_id}/status", data={"status": "ready", "reason": " ", "csrf_token": token}
+    )
+    assert refused.status_code == 400 and "give the reason" in refused.text
+    with needs_info["store"].reader() as s:
+        assert s.get(CaseRow, case_id).status == "needs_info"
+    reason = "NCS <b>faxed</b> by the neurologist's office"
+    r = c.post(
+        f"/cases/{case_id}/status",
+        data={"status": "ready", "reason": reason, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    with needs_info["store"].reader() as s:
+        assert s.get(CaseRow, case_id).status == "ready"
+        audited = s.scalars(select(AuditRow).where(AuditRow.action == "criteria_override")).one()
+        assert (audited.actor, audited.role, audited.case_id) == (
+            "coordinator1",
+            "coordinator",
+            case_id,
+        )
+        letters = s.scalars(
+            select(DocumentRow.version).where(
+                DocumentRow.case_id == case_id, DocumentRow.kind == "letter"
+            )
+        ).all()
+    assert letters == [1, 2]  # the final letter, beside the DRAFT
+    assert stored_criteria(needs_info)["override"] is True
+    page = c.get(f"/cases/{case_id}").text
+    assert "NCS &lt;b&gt;faxed&lt;/b&gt;" in page and "<b>faxed</b>" not in page
+    assert "CRITERIA_OVERRIDE" in page and "accepted the missing information" in page
+    assert "Mark ready despite missing information" not in page
+    # Regenerating the same case file keeps the override: same final bytes, no new version.
+    r = c.post(f"/cases/{case_id}/regenerate", data={"csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303
+    with needs_info["store"].reader() as s:
+        assert s.get(CaseRow, case_id).status == "ready"
+        assert (
+            s.scalar(
+                select(func.count(DocumentRow.id)).where(
+                    DocumentRow.case_id == case_id, DocumentRow.kind == "letter"
+                )
+            )
+            == 2
+        )

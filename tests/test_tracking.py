@@ -546,3 +546,195 @@ def test_follow_up_every_two_business_days(store, catalog) -> None:
     with store.session() as session:
         assert follow_ups_due(session, datetime(2026, 11, 23, 9, tzinfo=UTC), 2) == []  # Monday
         assert follow_ups_due(session, datetime(2026, 11, 24, 9, tzinfo=UTC), 2) == [case_id]
+
+
+def test_units_run_out_follows_a_loading_phase() -> None:
+    """CIDP: loading 320 units on day 0, then 160 units every 21 days from day 21 (tests/
+    test_dosing.py works it by hand); authorization 2026-12-01 to 2027-05-29 (days 0-179)."""
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    from priorauth.catalog import load_catalog
+    from priorauth.dosing import DoseRequest, LoadingPhase, compute_regimen
+    from priorauth.tracking import units_run_out
+
+    gamunex = load_catalog(Path(__file__).parents[1] / "reference").product("gamunex-c")
+    maintenance = DoseRequest(
+        sex="M",
+        height_cm=Decimal(175),
+        weight_kg=Decimal(80),
+        g_per_kg_per_course=Decimal(1),
+        interval_days=21,
+    )
+    phased = compute_regimen(maintenance, gamunex, LoadingPhase(Decimal(2), 2)).as_dict()
+    single = compute_regimen(maintenance, gamunex).as_dict()
+    inputs = {"interval_days": 21}
+
+    def run_out(dosing: dict, units: int) -> date | None:
+        row = SimpleNamespace(
+            auth_start=date(2026, 12, 1),
+            auth_end=date(2027, 5, 29),
+            auth_units=units,
+            service_start=date(2026, 12, 1),
+            summary={"inputs": inputs, "dosing": dosing},
+        )
+        return units_run_out(row)
+
+    assert run_out(phased, 1600) is None  # 320 + 8 × 160: every course covered
+    # 1,440 units (the maintenance regimen alone): loading + 7 maintenance courses; the one on
+    # day 168 (2027-05-18) is not covered. Read as one regimen it would look covered.
+    assert run_out(phased, 1440) == date(2027, 5, 18)
+    assert run_out(single, 1440) is None
+    assert run_out(phased, 300) == date(2026, 12, 1)  # not even the loading course
+    assert run_out(phased, 480) == date(2027, 1, 12)  # loading + day 21; day 42 uncovered
+    assert run_out(single, 1280) == date(2027, 5, 18)  # one regimen: unchanged
+
+
+# ---- payer criteria: needs_info, a fixed case file, a coordinator's override ------------------
+
+CRITERIA = {
+    "policy_id": "SYN-CIDP",
+    "version": 1,
+    "title": "Immune globulin: CIDP",
+    "effective_date": "2026-01-01",
+    "source": "synthetic",
+    "coverage": "covered",
+    "phase": "initial",
+    "verdict": "insufficient",
+    "items": [
+        {"id": "CIDP-1", "text": "Diagnosis", "verdict": "met", "evidence": [], "request": None,
+         "detail": None},
+        {"id": "CIDP-2", "text": "Nerve conduction study", "verdict": "insufficient",
+         "evidence": [], "request": "Criterion CIDP-2: no attachment of kind `ncs_report`",
+         "detail": None},
+    ],
+}  # fmt: skip
+
+
+def add_needs_info_case(store: Store, catalog) -> str:
+    """MS-1001 registered with a DRAFT letter: payer criterion CIDP-2 insufficient."""
+    path = CASES / "ms-dmt-failure-privigen.yaml"
+    case = load_case(path, catalog=catalog, today=TODAY)
+    with store.session() as session:
+        register_case(
+            session,
+            case,
+            source_file=str(path),
+            case_sha256="sha-v1",
+            summary={"status": "needs_info", "criteria": CRITERIA},
+            now=NOW,
+        )
+        record_documents(
+            session,
+            case.case_id,
+            [("letter", "l.pdf", "a" * 64), ("packet", "p.pdf", "b" * 64)],
+            actor=NIGHTLY,
+            now=NOW,
+            result_status="needs_info",
+            missing=["CIDP-2"],
+        )
+    return case.case_id
+
+
+def test_a_needs_info_result_stays_needs_info_until_a_ready_one(store, catalog) -> None:
+    case_id = add_needs_info_case(store, catalog)
+    with store.session() as session:
+        view = case_view(session, case_id)
+        row = session.get(CaseRow, case_id)
+        assert view["status"] == "needs_info"
+        assert (view["letter_status"], view["missing"]) == ("needs_info", ["CIDP-2"])
+        assert view["criteria"]["items"][1]["request"].startswith("Criterion CIDP-2")
+        last = view["history"][-1]
+        assert (last["from"], last["to"]) == ("draft", "needs_info")
+        assert "CIDP-2" in last["reason"]
+        for secret in (row.patient_name, row.member_id):  # ids only, no patient data
+            assert secret not in last["reason"]
+        # The same DRAFT again (a regeneration): still needs_info, no new history.
+        record_documents(
+            session, case_id, [("letter", "l.pdf", "c" * 64)], actor=NIGHTLY, now=NOW,
+            result_status="needs_info", missing=["CIDP-2"],
+        )  # fmt: skip
+        assert len(case_view(session, case_id)["history"]) == 2
+        assert session.get(CaseRow, case_id).status == "needs_info"
+        # A later version of the case file meets the criteria: ready.
+        record_documents(
+            session, case_id, [("letter", "l.pdf", "d" * 64)], actor=NIGHTLY, now=NOW,
+        )  # fmt: skip
+        assert session.get(CaseRow, case_id).status == "ready"
+        assert [h["to"] for h in case_view(session, case_id)["history"]] == [
+            "draft",
+            "needs_info",
+            "ready",
+        ]
+
+
+def test_override_to_ready_needs_a_reason_and_is_recorded(store, catalog, settings) -> None:
+    from priorauth.tracking import (
+        OVERRIDE_REASON_CODE,
+        CaseFileChanged,
+        ReasonRequired,
+        override_to_ready,
+    )
+
+    case_id = add_needs_info_case(store, catalog)
+    for blank in (None, "", "   "):
+        with pytest.raises(ReasonRequired, match="reason is required"), store.session() as s:
+            set_status(
+                s, case_id, "ready", actor=COORDINATOR, now=NOW, catalog=catalog,
+                settings=settings, reason_text=blank,
+            )  # fmt: skip
+    with pytest.raises(CaseFileChanged), store.session() as s:
+        override_to_ready(
+            s, case_id, reason="NCS faxed separately", actor=COORDINATOR, now=NOW,
+            case_sha256="sha-v2",
+        )  # fmt: skip
+    with store.session() as s:
+        assert s.get(CaseRow, case_id).status == "needs_info"
+        assert not s.scalar(select(func.count(AuditRow.id)).where(AuditRow.action.like("crit%")))
+    later = NOW + timedelta(hours=1)
+    with store.session() as s:
+        set_status(
+            s, case_id, "ready", actor=COORDINATOR, now=later, catalog=catalog,
+            settings=settings, reason_text="NCS report faxed by the neurologist's office",
+        )  # fmt: skip
+    with store.session() as s:
+        view = case_view(s, case_id)
+        assert (view["status"], view["override"]) == ("ready", True)
+        assert view["criteria"]["override"] is True
+        last = view["history"][-1]
+        assert (last["from"], last["to"], last["actor"], last["source"], last["reason_code"]) == (
+            "needs_info",
+            "ready",
+            "jdoe",
+            "coordinator",
+            OVERRIDE_REASON_CODE,
+        )
+        assert last["reason"] == "NCS report faxed by the neurologist's office"
+        assert last["at"] == later.isoformat()
+        audited = s.scalars(select(AuditRow).where(AuditRow.action == "criteria_override")).one()
+        assert (audited.actor, audited.role, audited.case_id) == ("jdoe", "coordinator", case_id)
+        assert "CIDP-2" in audited.detail and "faxed" not in audited.detail  # no free text
+    # Only a needs_info case can be overridden.
+    with pytest.raises(IllegalTransition), store.session() as s:
+        override_to_ready(s, case_id, reason="again", actor=COORDINATOR, now=NOW)
+
+
+def test_a_ready_case_whose_new_version_lacks_a_document_keeps_its_status_and_says_so(
+    store, catalog
+) -> None:
+    """ready → needs_info is not a move of the state machine (DOMAIN.md §7): the status stays,
+    the audit log flags it, and the case view shows the DRAFT."""
+    case_id = add_case(store, catalog)
+    with store.session() as session:
+        session.get(CaseRow, case_id).summary = {"status": "needs_info", "criteria": CRITERIA}
+        record_documents(
+            session, case_id, [("letter", "l.pdf", "e" * 64)], actor=NIGHTLY, now=NOW,
+            result_status="needs_info", missing=["CIDP-2"],
+        )  # fmt: skip
+    with store.session() as session:
+        view = case_view(session, case_id)
+        assert (view["status"], view["letter_status"]) == ("ready", "needs_info")
+        flagged = session.scalars(
+            select(AuditRow).where(AuditRow.action == "criteria_insufficient")
+        ).one()
+        assert "CIDP-2" in flagged.detail

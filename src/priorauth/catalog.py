@@ -6,6 +6,7 @@ This module only loads and looks up; it decides nothing about a case.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -15,12 +16,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from priorauth.errors import ReferenceDataError
+from priorauth.letters.evidence import Library, load_library
+from priorauth.letters.policies import Policy, choose_policy, load_policies
 
 PlanType = Literal["commercial", "medicare_advantage", "part_d", "medicaid"]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Label(_Frozen):
+    """A product's US prescribing information: which indications it is labelled for, and when."""
+
+    date: str | None = None  # revision of the prescribing information used ("YYYY-MM")
+    indications: tuple[str, ...] = ()  # indication ids (reference/indications.yaml) or slugs
+    wording: str = ""
+    source: str = ""
+    verified: str = ""
 
 
 class Product(_Frozen):
@@ -34,6 +47,11 @@ class Product(_Frozen):
     route: str = "IV"
     contraindications: tuple[str, ...] = ()
     source: str
+    label: Label = Label()
+
+    def labelled_for(self, indication_id: str) -> bool:
+        """Whether this product's US label covers the indication (OFF_LABEL otherwise)."""
+        return indication_id in self.label.indications
 
     @field_validator("vial_sizes_g", mode="before")
     @classmethod
@@ -50,6 +68,7 @@ class PlanTypeRules(_Frozen):
     decision_hours_urgent: int = Field(gt=0)
     appeal_days: int = Field(gt=0)
     external_review_months: int | None = None
+    policies: tuple[str, ...] = ()  # fallback payer policies for this plan type, by policy_id
 
 
 class Payer(_Frozen):
@@ -60,6 +79,7 @@ class Payer(_Frozen):
     pa_fax: str
     pa_phone: str
     preferred_products: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()  # this payer's policies (reference/policies/), by policy_id
 
 
 class Situation(_Frozen):
@@ -74,10 +94,8 @@ class Indication(_Frozen):
     codes: tuple[str, ...]
     weak_codes: tuple[str, ...] = ()
     specialist: str
-    labelled: bool
     dose_g_per_kg: dict[str, Decimal]
     situations: dict[str, Situation] = {}
-    references: tuple[str, ...] = ()
 
     def fits(self, code: str) -> bool:
         """Whether an ICD-10-CM code falls under this indication's code prefixes."""
@@ -106,8 +124,11 @@ class Catalog(_Frozen):
     indications: dict[str, Indication]
     letterhead: Letterhead
     contraindication_labels: dict[str, str]
+    clinical_findings: dict[str, str] = {}  # finding slug -> wording for a letter
     follow_up_business_days: int = 2
     renewal_lead_days: int = 30
+    policies: dict[str, tuple[Policy, ...]] = {}
+    evidence: Library = Library(references={}, claims={})
 
     def product(self, product_id: str) -> Product:
         try:
@@ -131,6 +152,19 @@ class Catalog(_Frozen):
 
     def rules_for(self, payer: Payer) -> PlanTypeRules:
         return self.plan_types[payer.plan_type]
+
+    def policy_for(
+        self, payer: Payer, indication: str, primary_code: str, on: date
+    ) -> Policy | None:
+        """The payer policy that decides a case (payer's own list, then its plan type's)."""
+        return choose_policy(
+            self.policies,
+            payer_policies=payer.policies,
+            plan_type_policies=self.plan_types[payer.plan_type].policies,
+            indication=indication,
+            primary_code=primary_code,
+            on=on,
+        )
 
     @cached_property
     def product_ids(self) -> list[str]:
@@ -163,6 +197,8 @@ def load_catalog(reference_dir: Path) -> Catalog:
     payers = _read_yaml(reference_dir / "payers.yaml")
     indications = _read_yaml(reference_dir / "indications.yaml")
     letterhead = _read_yaml(reference_dir / "letterhead.yaml")
+    findings_file = reference_dir / "clinical_findings.yaml"
+    findings = _read_yaml(findings_file).get("findings", {}) if findings_file.exists() else {}
     try:
         catalog = Catalog(
             products=_index(products.get("products", []), Product, "products.yaml"),
@@ -173,6 +209,9 @@ def load_catalog(reference_dir: Path) -> Catalog:
             renewal_lead_days=payers.get("renewal_lead_days", 30),
             indications=_index(indications.get("indications", []), Indication, "indications.yaml"),
             letterhead=Letterhead.model_validate(letterhead),
+            clinical_findings={k: v["label"] for k, v in findings.items()},
+            policies=load_policies(reference_dir),
+            evidence=load_library(reference_dir),
         )
     except ValidationError as exc:
         raise ReferenceDataError(f"reference data in {reference_dir} is invalid: {exc}") from exc
@@ -182,4 +221,13 @@ def load_catalog(reference_dir: Path) -> Catalog:
         unknown = set(payer.preferred_products) - set(catalog.products)
         if unknown:
             raise ReferenceDataError(f"payers.yaml: {payer.id}: unknown products {sorted(unknown)}")
+        missing = set(payer.policies) - set(catalog.policies)
+        if missing:
+            raise ReferenceDataError(f"payers.yaml: {payer.id}: unknown policies {sorted(missing)}")
+    for name, rules in catalog.plan_types.items():
+        missing = set(rules.policies) - set(catalog.policies)
+        if missing:
+            raise ReferenceDataError(
+                f"payers.yaml: plan type {name}: unknown policies {sorted(missing)}"
+            )
     return catalog

@@ -1,7 +1,8 @@
 """The `priorauth` command: a thin shell over the core. Errors become one line and an exit code.
 
 Exit codes: 0 all good; 1 some cases invalid (the valid ones were still written); 2 usage or
-configuration error.
+configuration error. A valid case whose payer criteria are insufficient (needs_info: a document
+or fact is missing, the letter is a DRAFT) is not an error: it exits 0 and prints its checklist.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from priorauth.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from priorauth.catalog import Product
-    from priorauth.dosing import Dose
+    from priorauth.dosing import Dose, Regimen
     from priorauth.tracking import Actor
 
 
@@ -77,18 +78,78 @@ def letter(case_files: tuple[Path, ...], out_dir: Path, workers: int | None) -> 
     except PriorAuthError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    invalid = 0
+    counts = {"ready": 0, "needs_info": 0, "invalid": 0}
     for result in results:
-        if result.ok:
-            note = f" ({len(result.warnings)} warning(s))" if result.warnings else ""
-            click.echo(f"ready    {result.case_id}{note} -> {out_dir / result.case_id}")
+        folder = Path(result.folder) if result.folder else out_dir / result.case_id
+        note = f" ({len(result.warnings)} warning(s))" if result.warnings else ""
+        if result.status == "needs_info":
+            counts["needs_info"] += 1
+            missing = ", ".join(getattr(result, "missing", None) or []) or "see below"
+            click.echo(
+                f"needs_info {result.case_id} (payer criteria insufficient: {missing}; letter "
+                f"and packet are DRAFTs){note} -> {folder}"
+            )
+        elif result.ok:
+            counts["ready"] += 1
+            click.echo(f"ready    {result.case_id}{note} -> {folder}")
         else:
-            invalid += 1
+            counts["invalid"] += 1
             click.echo(f"invalid  {result.case_id} ({result.source})")
             for error in result.errors:
                 click.echo(f"         {error['field']}: {error['message']}")
-    click.echo(f"{len(results) - invalid} ready, {invalid} invalid; output in {out_dir}")
-    sys.exit(1 if invalid else 0)
+            continue
+        for line in checklist_lines(_written_criteria(folder)):
+            click.echo(line)
+    click.echo(
+        f"{counts['ready']} ready, {counts['needs_info']} needs_info, {counts['invalid']} "
+        f"invalid; output in {out_dir}"
+    )
+    sys.exit(1 if counts["invalid"] else 0)
+
+
+def _written_criteria(folder: Path) -> dict[str, Any] | None:
+    """The `criteria` of a case's summary.json (batch results carry no summary)."""
+    try:
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("criteria")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+VERDICT_LABELS = {
+    "met": "met",
+    "not_met": "NOT MET",
+    "insufficient": "INSUFFICIENT",
+    "not_applicable": "n/a",
+}
+
+
+def checklist_lines(criteria: dict[str, Any] | None, indent: str = "         ") -> list[str]:
+    """The payer criteria checklist as a coordinator reads it: the policy (id, version,
+    effective date, phase) and its verdict, then each criterion's id, verdict and wording, and
+    for an insufficient one the document request."""
+    if not criteria:
+        return []
+    version = f" v{criteria['version']}" if criteria.get("version") is not None else ""
+    head = (
+        f"{indent}criteria {criteria.get('policy_id')}{version}, effective "
+        f"{criteria.get('effective_date')} ({criteria.get('phase') or 'initial'}): "
+        f"{VERDICT_LABELS.get(criteria.get('verdict'), criteria.get('verdict'))}"
+    )
+    if criteria.get("coverage") and criteria["coverage"] != "covered":
+        head += f" [coverage: {criteria['coverage']}]"
+    if criteria.get("override"):
+        head += " [insufficient criteria accepted by a coordinator]"
+    lines = [head]
+    items = criteria.get("items") or []
+    width = max([6, *(len(str(item.get("id", ""))) for item in items)])
+    for item in items:
+        verdict = VERDICT_LABELS.get(item.get("verdict"), item.get("verdict"))
+        lines.append(
+            f"{indent}  {item.get('id', ''):<{width}} {verdict:<12} {item.get('text', '')}"
+        )
+        if item.get("verdict") == "insufficient" and item.get("request"):
+            lines.append(f"{indent}  {'':<{width}} {'':<12} request: {item['request']}")
+    return lines
 
 
 def _decimal(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
@@ -135,6 +196,33 @@ def _decimal(ctx: click.Context, param: click.Parameter, value: str | None) -> D
     show_default=True,
     type=click.Choice(["actual", "ideal", "adjusted", "policy"]),
 )
+@click.option(
+    "--loading-g-per-kg",
+    callback=_decimal,
+    default=None,
+    help="Grams per kg per loading course: a loading phase before the regimen above, which is "
+    "then the maintenance (its --interval-days is needed).",
+)
+@click.option(
+    "--loading-days",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 30),
+    help="Infusion days per loading course.",
+)
+@click.option(
+    "--loading-courses",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 12),
+    help="Number of loading courses.",
+)
+@click.option(
+    "--loading-interval-days",
+    type=click.IntRange(1, 365),
+    default=None,
+    help="Days between loading course starts (only with --loading-courses above 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print product, inputs and dosing as JSON.")
 def dose(
     product: str,
@@ -146,12 +234,35 @@ def dose(
     interval_days: int | None,
     auth_days: int,
     basis: str,
+    loading_g_per_kg: Decimal | None,
+    loading_days: int,
+    loading_courses: int,
+    loading_interval_days: int | None,
     as_json: bool,
 ) -> None:
-    """The coordinator's dose calculator (the same engine as the letters)."""
+    """The coordinator's dose calculator (the same engine as the letters).
+
+    With --loading-g-per-kg, loading courses start on day 0 (then every
+    --loading-interval-days) and maintenance starts --interval-days after the last one.
+    """
     from priorauth.catalog import load_catalog
-    from priorauth.dosing import DoseRequest, compute_dose
+    from priorauth.dosing import DoseRequest, LoadingPhase, compute_regimen
     from priorauth.pipeline import inputs_dict, product_dict
+
+    loading = None
+    if loading_g_per_kg is not None:
+        loading = LoadingPhase(
+            g_per_kg_per_course=loading_g_per_kg,
+            days_per_course=loading_days,
+            courses=loading_courses,
+            interval_days=loading_interval_days,
+        )
+    else:
+        given = click.get_current_context().get_parameter_source
+        for name in ("loading_days", "loading_courses", "loading_interval_days"):
+            if given(name) == click.core.ParameterSource.COMMANDLINE:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} needs --loading-g-per-kg")
 
     settings = _settings()
     try:
@@ -167,27 +278,50 @@ def dose(
             authorization_days=auth_days,
             basis=basis,
         )  # type: ignore[arg-type]
-        result = compute_dose(request, item)
+        result = compute_regimen(request, item, loading)
     except PriorAuthError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if as_json:
+        inputs = inputs_dict(request)
+        if loading is not None:
+            inputs["loading"] = loading.as_dict()
         payload = {
             "product": product_dict(item),
-            "inputs": inputs_dict(request),
+            "inputs": inputs,
             "dosing": result.as_dict(),
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(format_dose(item, result))
+    click.echo(format_regimen(item, result))
+
+
+def format_regimen(product: Product, regimen: Regimen) -> str:
+    """A regimen as a coordinator reads it: one dose, or each phase and the total."""
+    if regimen.loading is None:
+        return format_dose(product, regimen.maintenance)
+    lines = [f"{product.name} ({product.hcpcs}, {product.billing_unit_mg} mg units)"]
+    for phase, d in regimen.phases:
+        first = regimen.maintenance_first_day if phase == "maintenance" else 0
+        lines.append(f"  {phase} phase, first course on day {first}")
+        lines += ["  " + line for line in _dose_lines(d)]
+    lines.append(
+        f"  total         {regimen.maintenance.authorization_days} days: "
+        f"{regimen.total_billing_units_in_authorization} units"
+    )
+    return "\n".join(lines)
 
 
 def format_dose(product: Product, d: Dose) -> str:
     """The dose as a coordinator reads it (weights to 0.1 kg, grams to 0.01 g)."""
+    lines = [f"{product.name} ({product.hcpcs}, {product.billing_unit_mg} mg units)"]
+    return "\n".join(lines + _dose_lines(d))
+
+
+def _dose_lines(d: Dose) -> list[str]:
     from priorauth.documents import BASIS_LABELS, fixed, frequency_text, grams, kg, vials_text
 
     lines = [
-        f"{product.name} ({product.hcpcs}, {product.billing_unit_mg} mg units)",
         f"  weights       actual {kg(d.actual_weight_kg)}, ideal {kg(d.ideal_weight_kg)}, "
         f"adjusted {kg(d.adjusted_weight_kg)}, BMI {fixed(d.bmi, 1)}",
         f"  dosing weight {kg(d.dosing_weight_kg)} ({BASIS_LABELS[d.weight_basis]}; "
@@ -200,23 +334,33 @@ def format_dose(product: Product, d: Dose) -> str:
         f"{d.billing_units_in_authorization} units",
     ]
     lines += [f"  warning       {w.code}: {w.message}" for w in d.warnings]
-    return "\n".join(lines)
+    return lines
 
 
 @main.command()
 @click.argument("case_files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def check(case_files: tuple[Path, ...]) -> None:
-    """Validate case files without rendering; print every error as field: reason."""
+    """Validate case files without rendering; print every error as field: reason, and for a
+    valid case the payer criteria checklist (needs_info: what is missing, as a document request).
+    Exits 1 when a case is invalid; a needs_info case is valid (exit 0)."""
     from priorauth.intake import find_case_files
-    from priorauth.pipeline import Workbench, check_case
+    from priorauth.pipeline import Workbench, evaluate_case_file
 
     bench = Workbench.build(_settings(), run_date())
     bad = 0
     for path in find_case_files(list(case_files)):
-        errors = check_case(path, bench=bench)
-        click.echo(f"{'ok     ' if not errors else 'invalid'}  {path}")
+        errors, criteria = evaluate_case_file(path, bench=bench)
+        if errors:
+            label = "invalid"
+        elif criteria and criteria.get("verdict") == "insufficient":
+            label = "needs_info"
+        else:
+            label = "ok"
+        click.echo(f"{label:<10} {path}")
         for error in errors:
-            click.echo(f"         {error.field}: {error.message}")
+            click.echo(f"           {error.field}: {error.message}")
+        for line in checklist_lines(None if errors else criteria, indent="           "):
+            click.echo(line)
         bad += bool(errors)
     sys.exit(1 if bad else 0)
 
@@ -315,7 +459,12 @@ def submit(case_id: str, method: str, reference: str | None, actor: str | None) 
 @click.option(
     "--reason-code", default=None, help="Denial reason code (DOMAIN.md §9) or payer code."
 )
-@click.option("--reason", default=None, help="The payer's words.")
+@click.option(
+    "--reason",
+    default=None,
+    help="The payer's words; for needs_info -> ready (a criteria override) the coordinator's "
+    "reason, required.",
+)
 @click.option("--reference", default=None, help="Authorization number or payer reference.")
 @click.option("--auth-start", type=click.DateTime(["%Y-%m-%d"]), default=None)
 @click.option("--auth-end", type=click.DateTime(["%Y-%m-%d"]), default=None)
@@ -341,14 +490,23 @@ def status(
     actor: str | None,
     as_json: bool,
 ) -> None:
-    """Show CASE_ID's status and history, or record NEW_STATUS (a payer decision)."""
+    """Show CASE_ID's status and history, or record NEW_STATUS (a payer decision).
+
+    `ready` on a needs_info case is a criteria override: --reason is required; it is recorded
+    (who, when, why) and the letter and packet are regenerated without the DRAFT watermark."""
     from priorauth.catalog import load_catalog
-    from priorauth.tracking import case_view, set_status
+    from priorauth.tracking import case_view, get_case, set_status
 
     settings = _settings()
     store = _store(settings)
     try:
+        current = None
         if new_status:
+            with store.reader() as session:
+                current = get_case(session, case_id).status
+        if new_status == "ready" and current == "needs_info":
+            _override(store, settings, case_id, reason, actor)
+        elif new_status:
             catalog = load_catalog(settings.reference_dir)
             with store.session() as session:
                 set_status(
@@ -402,6 +560,56 @@ def status(
     for r in view["payer_responses"]:
         if r["outcome"] in ("rejection", "refused"):
             click.echo(f"  payer file {r['file']}: {r['outcome']}: {r['detail']}")
+    if view["letter_status"] == "needs_info" and view["status"] != "needs_info":
+        click.echo(
+            f"  warning: the current case file's payer criteria are insufficient "
+            f"({', '.join(view['missing'])}); its letter is a DRAFT"
+        )
+    for line in checklist_lines(view["criteria"], indent="  "):
+        click.echo(line)
+
+
+def _override(
+    store,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    case_id: str,
+    reason: str | None,
+    actor: str | None,
+) -> None:
+    """needs_info → ready by a coordinator: the reason is required; the letter and packet are
+    regenerated without the DRAFT watermark (a new document version) and the move audited."""
+    from priorauth.nightly import regenerate_case
+    from priorauth.pipeline import Workbench
+
+    if not (reason or "").strip():
+        from priorauth.tracking import case_view
+
+        with store.reader() as session:
+            missing = ", ".join(case_view(session, case_id)["missing"]) or "see the checklist"
+        click.echo(
+            f"error: {case_id} needs information (payer criteria insufficient: {missing}); "
+            "moving it to ready overrides those criteria and makes its letter final. Say why "
+            'with --reason "…" (recorded in the history and audit log), or add what is missing '
+            "to the case file and let the nightly run evaluate it again.",
+            err=True,
+        )
+        sys.exit(2)
+    bench = Workbench.build(settings, run_date())
+    result = regenerate_case(
+        store,
+        bench,
+        settings.home,
+        case_id,
+        actor=_coordinator(actor),
+        now=_now(),
+        override_reason=reason,
+    )
+    if not result.ok:
+        click.echo(f"error: the case file of {case_id} no longer validates:", err=True)
+        for error in result.errors:
+            click.echo(f"  {error['field']}: {error['message']}", err=True)
+        sys.exit(2)
+    click.echo(f"{case_id}: needs_info -> ready (criteria override); letter regenerated as final")
 
 
 def _drain_outbox(store, settings: Settings) -> None:  # type: ignore[no-untyped-def]
@@ -433,6 +641,8 @@ def cases(status_filter: str | None, as_json: bool) -> None:
         return
     for r in rows:
         flag = " OVERDUE" if r["overdue"] else ""
+        if r.get("missing"):
+            flag += f" missing: {', '.join(r['missing'])}"
         click.echo(
             f"{r['case_id']:<24} {r['status']:<20} {r['payer_id']:<32} {r['product_id']:<18}{flag}"
         )

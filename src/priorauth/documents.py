@@ -16,6 +16,9 @@ from typing import Any
 
 import jinja2
 
+from priorauth.codes import icd_title as codes_title
+from priorauth.letters.grounding import Ledger, resolve
+
 SECTION_MARK = re.compile(r"^@@([a-z_]+)\s*$")
 
 SITE_LABELS = {
@@ -159,17 +162,22 @@ def render_letter_text(
     payer_id: str,
     indication: str,
     situation: str | None,
+    ledger: Ledger,
 ) -> tuple[str, list[Section]]:
     """Render the most specific template for the case; return its name and the sections.
 
     A payer template extends `parent`, the most specific general template for the case, so a
-    payer's override keeps the situation's wording and changes only its own blocks."""
+    payer's override keeps the situation's wording and changes only its own blocks. `ledger`
+    records every sentence and claim the letter makes (its `sentence` and `claim` functions are
+    what the templates call)."""
     general = env.select_template(general_candidates(indication, situation))
     try:
         template = env.select_template(payer_candidates(payer_id, indication, situation))
     except jinja2.TemplatesNotFound:
         template = general
-    text = template.render({**context, "parent": general.name})
+    text = template.render(
+        {**context, "parent": general.name, "sentence": ledger.sentence, "claim": ledger.claim}
+    )
     return str(template.name), split_sections(text)
 
 
@@ -184,17 +192,173 @@ PREGNANCY_TEXT = {
     "breastfeeding": "breastfeeding",
     "planning": "planning a pregnancy",
 }
+STEROID_TEXT = {
+    "responded": "responded",
+    "partial": "partial response",
+    "no_response": "no response",
+    "contraindicated": "contraindicated",
+}
+PLASMA_EXCHANGE = ("plasma exchange", "plasmapheresis", "plex")
 
 
 def vials_text(vials: Any) -> str:
     return " + ".join(f"{v.count} × {plain_number(v.size_g)} g" for v in vials)
 
 
-def letter_context(case: Any, *, catalog: Any, dose: Any, letter_date: date) -> dict[str, Any]:
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """'1 course', '2 courses' (or the given plural)."""
+    return f"{count:,} {one if count == 1 else (many or one + 's')}"
+
+
+def join_words(parts: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def outcome_text(therapies: Any) -> str:
+    """'2 failed, 1 was not tolerated and 1 is contraindicated' (zero counts left out)."""
+    counts = {k: 0 for k in OUTCOME_LABELS}
+    for therapy in therapies:
+        counts[therapy.outcome] += 1
+    parts = []
+    if counts["failure"]:
+        parts.append(f"{counts['failure']} failed")
+    if counts["intolerance"]:
+        verb = "was" if counts["intolerance"] == 1 else "were"
+        parts.append(f"{counts['intolerance']} {verb} not tolerated")
+    if counts["contraindication"]:
+        verb = "is" if counts["contraindication"] == 1 else "are"
+        parts.append(f"{counts['contraindication']} {verb} contraindicated")
+    return join_words(parts)
+
+
+def time_frame(hours: int) -> str:
+    """72 → '72 hours'; 360 → '15 days'."""
+    return plural(hours // 24, "day") if hours > 72 and hours % 24 == 0 else plural(hours, "hour")
+
+
+def phase_text(label: str, dose: Any) -> dict[str, Any]:
+    """Everything the dosing paragraph of one regimen phase prints, rounded as DOMAIN.md §5.11."""
+    per_course = dose.calculated_g_per_day * dose.days_per_course
+    return {
+        "key": label.lower(),
+        "label": label,
+        "g_per_kg": plain_number(dose.g_per_kg_per_course),
+        "g_per_kg_per_day": plain_number(fixed(dose.g_per_kg_per_course / dose.days_per_course, 2)),
+        "basis_label": BASIS_LABELS[dose.weight_basis],
+        "dosing_weight": kg(dose.dosing_weight_kg),
+        "actual_weight": kg(dose.actual_weight_kg),
+        "ideal_weight": kg(dose.ideal_weight_kg),
+        "bmi": fixed(dose.bmi, 1),
+        "calculated_per_course": grams(per_course),
+        "calculated_per_day": grams(dose.calculated_g_per_day),
+        "days": dose.days_per_course,
+        "days_n": dose.days_per_course,
+        "dispensed_per_day": grams(dose.dispensed_g_per_day),
+        "vials": vials_text(dose.vials_per_day),
+        "per_course": grams(dose.dispensed_g_per_course),
+        "units_per_course": plain_number(dose.billing_units_per_course),
+        "units_in_authorization": plain_number(dose.billing_units_in_authorization),
+        "courses": plural(int(dose.courses_in_authorization), "course"),
+        "authorization_days": dose.authorization_days,
+    }
+
+
+def regimen_text(phases: list[tuple[str, Any]]) -> str:
+    """'1 g/kg per course (every 3 weeks, over 2 consecutive days)', or loading then maintenance."""
+    parts = []
+    for label, dose in phases:
+        text = (
+            f"{plain_number(dose.g_per_kg_per_course)} g/kg per course "
+            f"({frequency_text(dose.interval_days, dose.days_per_course)})"
+        )
+        parts.append(f"{label.lower()} {text}" if label else text)
+    return ", then ".join(parts)
+
+
+def describe_evidence(case: Any, catalog: Any, path: str) -> str | None:
+    """A case field as the letter names it (criteria answers), or None for fields said elsewhere."""
+
+    root = {name: getattr(case, name) for name in type(case).model_fields}
+    value = resolve(root, path)
+    if value is None:
+        return None
+    head = path.split("[")[0].split(".")[0]
+    if path == "diagnoses[0].code":
+        return f"diagnosis {value}"
+    if path == "diagnoses[0].confirmed_by":
+        return f"confirmed by {value}"
+    if path == "prescriber.specialty":
+        return f"prescribed by a specialist in {value.lower()}"
+    if path.startswith(("clinical.labs[", "clinical.scores[")):
+        unit = f" {value.unit}" if value.unit else ""
+        return f"{value.name} {plain_number(value.value)}{unit} on {long_date(value.date)}"
+    if head == "prior_therapies":
+        return f"{value.drug} ({OUTCOME_LABELS[value.outcome].lower()}: {value.reason})"
+    if path.startswith("clinical.relapses[") and not path.endswith("steroid_response"):
+        return f"{value.severity} relapse on {long_date(value.date)}"
+    if path.endswith("steroid_response"):
+        return f"response to high-dose corticosteroids: {STEROID_TEXT[value]}"
+    if path == "clinical.pregnancy_status":
+        return PREGNANCY_TEXT[value]
+    if path.startswith("clinical.mri["):
+        counts = []
+        if value.new_t2_lesions is not None:
+            counts.append(plural(value.new_t2_lesions, "new T2 lesion"))
+        if value.enhancing_lesions is not None:
+            counts.append(plural(value.enhancing_lesions, "enhancing lesion"))
+        return f"MRI of {long_date(value.date)}" + (f" ({', '.join(counts)})" if counts else "")
+    if path.startswith("clinical.findings["):
+        return catalog.clinical_findings.get(value.name, value.name) if value.present else None
+    if head == "attachments":
+        index = int(path.split("[")[1].split("]")[0])
+        return f"enclosure {index + 1}, {value.title}"
+    if path == "clinical.treatment_goals":
+        return "objective response measures set at the start"
+    if path == "request.renewal":
+        return "a renewal request"
+    return None
+
+
+def criteria_answers(evaluation: Any, case: Any, catalog: Any) -> list[dict[str, Any]]:
+    """The met criteria of the payer policy, each with what in the case documents it."""
+    answers = []
+    for item in evaluation.items if evaluation else []:
+        if item.verdict != "met":
+            continue
+        said = [d for d in (describe_evidence(case, catalog, p) for p in item.evidence) if d]
+        documented = "; ".join(dict.fromkeys(said)) or item.detail
+        if not documented or not item.evidence:
+            continue
+        # "(paraphrased)" / "(synthetic)" mark provenance in our policy files, not payer wording
+        text = re.sub(r"\s*\((paraphrased|synthetic)\)\s*", " ", item.text).strip()
+        answers.append(
+            {
+                "id": item.id,
+                "text": text.rstrip(".") + ".",
+                "documented": documented + ".",
+                "paths": list(item.evidence),
+            }
+        )
+    return answers
+
+
+def letter_context(
+    case: Any,
+    *,
+    catalog: Any,
+    dose: Any,
+    letter_date: date,
+    phases: list[tuple[str, Any]] | None = None,
+    evaluation: Any = None,
+) -> dict[str, Any]:
     """Everything the letter templates and the page layout read, shaped once.
 
-    `case` is a domain.Case, `dose` a dosing.Dose; typed loosely to keep this module free of
-    imports it does not need for rendering words.
+    `case` is a domain.Case, `dose` a dosing.Dose (the maintenance or only regimen), `phases`
+    [(label, Dose)] when the request has a loading phase; typed loosely to keep this module free
+    of imports it does not need for rendering words.
     """
     patient = case.patient
     female = patient.sex == "F"
@@ -204,14 +368,63 @@ def letter_context(case: Any, *, catalog: Any, dose: Any, letter_date: date) -> 
         - born.year
         - ((letter_date.month, letter_date.day) < (born.month, born.day))
     )
+    phases = phases or [("", dose)]
     product = catalog.product(case.request.product_id)
     indication = catalog.indication(case.indication)
     payer = catalog.payer(case.coverage.payer_id)
+    plan_rules = catalog.rules_for(payer)
+    clinical = case.clinical
     counts = {k: 0 for k in OUTCOME_LABELS}
     for therapy in case.prior_therapies:
         counts[therapy.outcome] += 1
-    edss = [s for s in case.clinical.scores if s.name.upper() == "EDSS"]
+    edss = [s for s in clinical.scores if s.name.upper() == "EDSS"]
     site_label = SITE_LABELS[case.site_of_care.setting]
+    primary = case.diagnoses[0]
+    title = codes_title(primary.code) or indication.name
+    steroid_path, steroid_response = None, None
+    if clinical.steroid_response:
+        steroid_path, steroid_response = "clinical.steroid_response", clinical.steroid_response
+    else:
+        dated = [(r.date, i, r) for i, r in enumerate(clinical.relapses) if r.steroid_response]
+        if dated:
+            _, i, relapse = max(dated)
+            steroid_path = f"clinical.relapses[{i}].steroid_response"
+            steroid_response = relapse.steroid_response
+    exchange = next(
+        (
+            (i, t)
+            for i, t in enumerate(case.prior_therapies)
+            if any(word in t.drug.lower() for word in PLASMA_EXCHANGE)
+        ),
+        None,
+    )
+    findings = [(i, f) for i, f in enumerate(clinical.findings) if f.present]
+    active_mri = [
+        (i, m)
+        for i, m in enumerate(clinical.mri)
+        if (m.new_t2_lesions or 0) >= 1 or (m.enhancing_lesions or 0) >= 1
+    ]
+    activity_paths = [f"clinical.mri[{i}]" for i, _ in active_mri]
+    activity = [
+        f"MRI of {long_date(m.date)} with "
+        + join_words(
+            [
+                plural(n, label)
+                for n, label in (
+                    (m.new_t2_lesions or 0, "new T2 lesion"),
+                    (m.enhancing_lesions or 0, "enhancing lesion"),
+                )
+                if n
+            ]
+        )
+        for _, m in active_mri
+    ]
+    igg = [
+        (i, lab)
+        for i, lab in enumerate(clinical.labs)
+        if "igg" in lab.name.lower().replace(" ", "")
+    ]
+    latest_relapse = max(clinical.relapses, key=lambda r: r.date) if clinical.relapses else None
     return {
         "case": case,
         "patient": {
@@ -232,34 +445,53 @@ def letter_context(case: Any, *, catalog: Any, dose: Any, letter_date: date) -> 
         "prescriber": case.prescriber,
         "product": product,
         "payer": payer,
+        "plan_rules": plan_rules,
+        "urgent_time_frame": time_frame(plan_rules.decision_hours_urgent),
+        "standard_time_frame": time_frame(plan_rules.decision_hours_standard),
+        "standard_time_frame_adj": time_frame(plan_rules.decision_hours_standard)
+        .replace(" ", "-")
+        .rstrip("s"),
         "indication": indication,
+        "labelled": product.labelled_for(indication.id),
         "situation": indication.situations.get(case.clinical_situation or ""),
-        "primary_dx": case.diagnoses[0],
+        "claims_here": catalog.evidence.claims_for(
+            indication.id, case.clinical_situation, product.id
+        ),
+        "primary_dx": primary,
+        "primary_title": title,
+        "primary_title_lower": title[:1].lower() + title[1:],
         "diagnoses_text": ", ".join(d.code for d in case.diagnoses),
-        "latest_mri": max(case.clinical.mri, key=lambda m: m.date) if case.clinical.mri else None,
+        "latest_mri": max(clinical.mri, key=lambda m: m.date) if clinical.mri else None,
         "latest_edss": max(edss, key=lambda s: s.date) if edss else None,
+        "latest_relapse": latest_relapse,
         "counts": counts,
-        "pregnancy_text": PREGNANCY_TEXT.get(case.clinical.pregnancy_status or "", "pregnant"),
+        "outcome_text": outcome_text(case.prior_therapies),
+        "pregnancy_text": PREGNANCY_TEXT.get(clinical.pregnancy_status or "", ""),
+        "steroid_text": STEROID_TEXT.get(clinical.steroid_response or "", ""),
+        "steroid_path": steroid_path,
+        "steroid_response": steroid_response,
+        "plasma_exchange": exchange[1] if exchange else None,
+        "plasma_exchange_path": f"prior_therapies[{exchange[0]}]" if exchange else None,
+        "finding_paths": [f"clinical.findings[{i}]" for i, _ in findings],
+        "finding_labels": [catalog.clinical_findings.get(f.name, f.name) for _, f in findings],
+        "activity_paths": activity_paths,
+        "activity_text": "; ".join(activity),
+        "igg_paths": [f"clinical.labs[{i}]" for i, _ in igg],
+        "igg_text": "; ".join(
+            f"{plain_number(lab.value)}{' ' + lab.unit if lab.unit else ''} on {long_date(lab.date)}"
+            for _, lab in igg
+        ),
+        "evaluation": evaluation,
+        "criteria_answers": criteria_answers(evaluation, case, catalog),
         "site": {
             "label": site_label,
             "label_with_article": ("an " if site_label[0] in "aeiou" else "a ") + site_label,
         },
         "dose": dose,
-        "dose_text": {
-            "g_per_kg": plain_number(dose.g_per_kg_per_course),
-            "frequency": frequency_text(dose.interval_days, dose.days_per_course),
-            "basis_label": BASIS_LABELS[dose.weight_basis],
-            "dosing_weight": kg(dose.dosing_weight_kg),
-            "actual_weight": kg(dose.actual_weight_kg),
-            "ideal_weight": kg(dose.ideal_weight_kg),
-            "bmi": fixed(dose.bmi, 1),
-            "calculated_per_day": grams(dose.calculated_g_per_day),
-            "dispensed_per_day": grams(dose.dispensed_g_per_day),
-            "vials": vials_text(dose.vials_per_day),
-            "per_course": grams(dose.dispensed_g_per_course),
-            "units_per_course": plain_number(dose.billing_units_per_course),
-            "units_in_authorization": plain_number(dose.billing_units_in_authorization),
-            "courses": plain_number(dose.courses_in_authorization),
-        },
+        "phases": phases,
+        "phase_texts": [phase_text(label, d) for label, d in phases],
+        "regimen_text": regimen_text(phases),
+        "dose_text": phase_text("", dose),
         "letter_date": letter_date,
+        "renewal": None,
     }

@@ -7,6 +7,7 @@ It must not render, dose or store anything.
 
 from __future__ import annotations
 
+import datetime as _dt
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -160,6 +161,11 @@ class Prescriber(_Model):
     address: list[Text] = Field(min_length=1, max_length=4)
     phone: Text
     fax: Text
+    letterhead: bool = Field(
+        False,
+        description="Print the letter on the practice's letterhead (practice, address, phone, "
+        "fax) instead of the pharmacy's: the prescriber signs it.",
+    )
 
     @field_validator("npi", mode="before")
     @classmethod
@@ -225,6 +231,31 @@ class Measurement(_Model):
     _future = field_validator("date")(_not_future)
 
 
+class ClinicalFinding(_Model):
+    """A yes/no clinical fact a payer policy asks about (reference/clinical_findings.yaml names
+    them), e.g. conduction block in at least one nerve, impaired pneumococcal vaccine response."""
+
+    name: Text = Field(description="A finding from reference/clinical_findings.yaml.")
+    present: bool = Field(description="true: documented present; false: documented absent.")
+    date: _dt.date | None = None
+    detail: Text | None = None
+
+    _future = field_validator("date")(_not_future)
+
+    @field_validator("name")
+    @classmethod
+    def _known_finding(cls, value: str, info: ValidationInfo) -> str:
+        catalog = (info.context or {}).get("catalog")
+        if (
+            catalog is not None
+            and catalog.clinical_findings
+            and value not in catalog.clinical_findings
+        ):
+            known = ", ".join(sorted(catalog.clinical_findings))
+            raise ValueError(f"unknown finding {value!r}; known: {known}")
+        return value
+
+
 class Clinical(_Model):
     history: LongText = Field(description="Clinical history in the prescriber's voice.")
     relapses: list[Relapse] = Field(default_factory=list)
@@ -238,6 +269,7 @@ class Clinical(_Model):
     treatment_goals: LongText | None = Field(
         None, description="Objective response measures set at the start (reassessed at renewal)."
     )
+    findings: list[ClinicalFinding] = Field(default_factory=list, max_length=60)
 
 
 class PriorTherapy(_Model):
@@ -266,6 +298,35 @@ class PriorTherapy(_Model):
         return self
 
 
+class Loading(_Model):
+    """A loading phase before the maintenance regimen (the request's top-level fields): same
+    product, weight basis and authorization period. Loading courses start on day 0 (then every
+    `interval_days`); maintenance starts `request.interval_days` after the last one starts."""
+
+    g_per_kg_per_course: Decimal = Field(gt=0, le=4)
+    days_per_course: int = Field(1, ge=1, le=10)
+    courses: int = Field(1, ge=1, le=12, description="Number of loading courses.")
+    interval_days: int | None = Field(
+        None,
+        ge=1,
+        le=365,
+        description="Days between the starts of two loading courses; only when courses > 1.",
+    )
+
+    @model_validator(mode="after")
+    def _interval(self) -> Loading:
+        if self.courses > 1 and self.interval_days is None:
+            raise ValueError(
+                f"{self.courses} loading courses need interval_days (days between their starts)"
+            )
+        if self.courses == 1 and self.interval_days is not None:
+            raise ValueError(
+                "interval_days is the time between loading courses: leave it out for one loading "
+                "course (maintenance starts request.interval_days after it)"
+            )
+        return self
+
+
 class Request(_Model):
     product_id: Text = Field(description="Product slug from reference/products.yaml.")
     g_per_kg_per_course: Decimal = Field(gt=0, le=4)
@@ -276,6 +337,24 @@ class Request(_Model):
     urgent: bool = False
     renewal: bool = False
     start_date: date | None = None
+    product_reason: LongText | None = Field(
+        None,
+        description="Why this product, in the prescriber's words (an off-label or non-preferred "
+        "product needs it); the letter prints it in its off-label section.",
+    )
+    loading: Loading | None = Field(
+        None,
+        description="Optional loading phase; the fields above are then the maintenance regimen.",
+    )
+
+    @model_validator(mode="after")
+    def _maintenance_interval(self) -> Request:
+        if self.loading is not None and self.interval_days is None:
+            raise ValueError(
+                "a loading phase needs interval_days for the maintenance courses (the first "
+                "starts that many days after the last loading course)"
+            )
+        return self
 
     @field_validator("product_id")
     @classmethod
@@ -296,7 +375,18 @@ class SiteOfCare(_Model):
 
 class Attachment(_Model):
     title: Text
-    kind: Literal["clinic_note", "mri_report", "lab_report", "pa_form", "imaging", "other"]
+    kind: Literal[
+        "clinic_note",
+        "mri_report",
+        "lab_report",
+        "ncs_report",
+        "vaccine_response",
+        "infection_log",
+        "specialist_consult",
+        "pa_form",
+        "imaging",
+        "other",
+    ] = Field(description="What the document is; payer criteria ask for documents by kind.")
     path: Text = Field(description="PDF path, relative to the case file's folder.")
 
 

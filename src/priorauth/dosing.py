@@ -1,14 +1,15 @@
 """IVIG dosing exactly as DOMAIN.md section 5 says: weights, basis, vial rounding, billing units.
 
-Plain Decimal arithmetic on one request and one product; it reads no files, decides nothing about
-coverage, and must not import Prefect, click or anything beyond stdlib and priorauth.catalog/errors.
+Plain Decimal arithmetic on one request (with an optional loading phase: `compute_regimen`) and
+one product; it reads no files, decides nothing about coverage, and must not import Prefect, click
+or anything beyond stdlib and priorauth.catalog/errors.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from fractions import Fraction
 from typing import Any, Literal, get_args
@@ -56,9 +57,13 @@ class DoseWarning:
 
     code: str
     message: str
+    phase: Literal["loading", "maintenance"] | None = None  # set only in a phased regimen
 
     def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        found = {"code": self.code, "message": self.message}
+        if self.phase is not None:
+            found["phase"] = self.phase
+        return found
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,175 @@ def compute_dose(request: DoseRequest, product: Product) -> Dose:
     """Dose `request` with `product`; raise DosingError when the inputs give no dose."""
     with localcontext(_CONTEXT):
         return _compute(request, product)
+
+
+@dataclass(frozen=True)
+class LoadingPhase:
+    """Loading courses given before the maintenance regimen (the request's own fields).
+
+    Same patient, product, weight basis and authorization period as the maintenance request;
+    courses start on day 0 and then every `interval_days` (needed, and allowed, only when
+    `courses` is above 1). Maintenance starts the maintenance interval after the last loading
+    course starts.
+    """
+
+    g_per_kg_per_course: Decimal
+    days_per_course: int = 1
+    courses: int = 1
+    interval_days: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The loading request as `summary.json` `inputs.loading` can show it."""
+        return {
+            "g_per_kg_per_course": float(self.g_per_kg_per_course),
+            "days_per_course": self.days_per_course,
+            "courses": self.courses,
+            "interval_days": self.interval_days,
+        }
+
+
+@dataclass(frozen=True)
+class Course:
+    """One scheduled course inside the authorization period: its phase, its start (days after
+    the first course) and its billing units."""
+
+    phase: Literal["loading", "maintenance"]
+    day: int
+    billing_units: int
+
+
+@dataclass(frozen=True)
+class Regimen:
+    """A whole request: the maintenance (or only) dose and, optionally, a loading dose before it.
+
+    Each phase is a `Dose` computed exactly as DOMAIN.md §5 says, except that its
+    `courses_in_authorization` and `billing_units_in_authorization` count only that phase's
+    courses on the phased schedule (loading from day 0, maintenance from
+    `maintenance_first_day`), and that, with a loading phase, its warnings name the phase.
+    """
+
+    maintenance: Dose
+    loading: Dose | None = None
+    loading_courses: int = 0  # courses requested (some may fall after the authorization period)
+    maintenance_first_day: int = 0
+
+    @property
+    def phases(self) -> tuple[tuple[Literal["loading", "maintenance"], Dose], ...]:
+        if self.loading is None:
+            return (("maintenance", self.maintenance),)
+        return (("loading", self.loading), ("maintenance", self.maintenance))
+
+    @property
+    def total_billing_units_in_authorization(self) -> int:
+        return sum(dose.billing_units_in_authorization for _, dose in self.phases)
+
+    @property
+    def warnings(self) -> tuple[DoseWarning, ...]:
+        """Every warning of the request once, loading phase first."""
+        found: list[DoseWarning] = []
+        for _, dose in self.phases:
+            found += [w for w in dose.warnings if w not in found]
+        return tuple(found)
+
+    def schedule(self) -> tuple[Course, ...]:
+        """The courses that start inside the authorization period, in order."""
+        courses = []
+        for phase, dose in self.phases:
+            first = self.maintenance_first_day if phase == "maintenance" else 0
+            step = dose.interval_days or 0
+            courses += [
+                Course(phase, first + i * step, dose.billing_units_per_course)
+                for i in range(dose.courses_in_authorization)
+            ]
+        return tuple(courses)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `dosing` block. One regimen: `Dose.as_dict()` plus
+        `total_billing_units_in_authorization`. With loading: the maintenance phase's keys
+        (courses and units in the authorization counting maintenance only), every warning of the
+        request, `phases` (loading, then maintenance: `phase`, `first_course_day`, loading
+        `courses`, and the §5 keys of that phase) and the total of both phases."""
+        data = self.maintenance.as_dict()
+        if self.loading is not None:
+            data["warnings"] = [w.as_dict() for w in self.warnings]
+            data["phases"] = [
+                {
+                    "phase": "loading",
+                    "first_course_day": 0,
+                    "courses": self.loading_courses,
+                    **self.loading.as_dict(),
+                },
+                {
+                    "phase": "maintenance",
+                    "first_course_day": self.maintenance_first_day,
+                    **self.maintenance.as_dict(),
+                },
+            ]
+        data["total_billing_units_in_authorization"] = self.total_billing_units_in_authorization
+        return data
+
+
+def compute_regimen(
+    request: DoseRequest, product: Product, loading: LoadingPhase | None = None
+) -> Regimen:
+    """Dose `request` (the maintenance, or only, regimen) and its optional `loading` phase.
+
+    Without loading this is `compute_dose` as a one-phase Regimen. With loading, the loading
+    courses start on day 0 and every loading interval; maintenance starts `request.interval_days`
+    after the last loading course starts (so it needs an interval), and only courses starting
+    before `authorization_days` count. Raise DosingError when the inputs give no regimen.
+    """
+    with localcontext(_CONTEXT):
+        if loading is None:
+            return Regimen(maintenance=_compute(request, product))
+        if request.interval_days is None:
+            raise DosingError(
+                "a loading phase needs the maintenance interval_days (maintenance starts that "
+                "many days after the last loading course starts)"
+            )
+        courses = _whole(loading.courses, "loading courses")
+        loading_interval = loading.interval_days
+        if courses > 1:
+            if loading_interval is None:
+                raise DosingError(
+                    f"{courses} loading courses need the days between their starts "
+                    "(loading interval_days)"
+                )
+            loading_interval = _whole(loading_interval, "days between loading courses")
+        elif loading_interval is not None:
+            raise DosingError(
+                "a loading interval is the time between loading courses: give it only with "
+                "more than 1 loading course (maintenance follows after the maintenance interval)"
+            )
+        loading_request = replace(
+            request,
+            g_per_kg_per_course=loading.g_per_kg_per_course,
+            days_per_course=loading.days_per_course,
+            interval_days=loading_interval,
+        )
+        try:
+            loading_dose = _compute(loading_request, product)
+        except DosingError as exc:
+            raise DosingError(f"loading phase: {exc}") from None
+        maintenance = _compute(request, product)
+
+        authorization_days = maintenance.authorization_days
+        interval = maintenance.interval_days
+        assert interval is not None
+        last_loading_day = (courses - 1) * (loading_interval or 0)
+        first_maintenance_day = last_loading_day + interval
+        loading_in_authorization = min(
+            courses, _courses_starting_before(authorization_days, 0, loading_interval)
+        )
+        maintenance_in_authorization = _courses_starting_before(
+            authorization_days, first_maintenance_day, interval
+        )
+        return Regimen(
+            loading=_phased(loading_dose, "loading", loading_in_authorization),
+            maintenance=_phased(maintenance, "maintenance", maintenance_in_authorization),
+            loading_courses=courses,
+            maintenance_first_day=first_maintenance_day,
+        )
 
 
 def round_to_vials(
@@ -297,6 +471,34 @@ def _compute(request: DoseRequest, product: Product) -> Dose:
         courses_in_authorization=courses,
         billing_units_in_authorization=int(units) * courses,
         warnings=tuple(warnings),
+    )
+
+
+def _courses_starting_before(authorization_days: int, first_day: int, interval: int | None) -> int:
+    """Courses starting on `first_day`, then every `interval` days (once with no interval), that
+    start before day `authorization_days` (day 0 is the first day of the authorization)."""
+    if first_day >= authorization_days:
+        return 0
+    if interval is None:
+        return 1
+    return (authorization_days - 1 - first_day) // interval + 1
+
+
+def _phased(dose: Dose, phase: Literal["loading", "maintenance"], courses: int) -> Dose:
+    """`dose` as one phase of a regimen: its courses on the phased schedule, its warnings worded
+    with the phase (a height warning is about the patient, not the phase, and stays as it is)."""
+    label = f"{phase.capitalize()} phase: "
+    warnings = tuple(
+        w
+        if w.code == "HEIGHT_UNDER_60_IN"
+        else DoseWarning(w.code, label + w.message[0].lower() + w.message[1:], phase)
+        for w in dose.warnings
+    )
+    return replace(
+        dose,
+        courses_in_authorization=courses,
+        billing_units_in_authorization=dose.billing_units_per_course * courses,
+        warnings=warnings,
     )
 
 

@@ -7,6 +7,7 @@ Dosing warnings come from dosing.py; the rest are case-level rules over referenc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from priorauth.catalog import Catalog
 from priorauth.domain import Case
@@ -29,8 +30,11 @@ class Finding:
         return {"code": self.code, "message": self.message}
 
 
-def case_findings(case: Case, catalog: Catalog, dose: Dose) -> list[Finding]:
-    """Every warning for a case: evidence, codes, product fit, payer preference, dosing."""
+def case_findings(
+    case: Case, catalog: Catalog, dose: Dose, evaluation: Any = None
+) -> list[Finding]:
+    """Every warning for a case: evidence, codes, product label, payer preference, payer criteria,
+    dosing. `evaluation` is the case's letters.criteria.Evaluation, if a policy decides it."""
     out: list[Finding] = []
     indication = catalog.indication(case.indication)
     product = catalog.product(case.request.product_id)
@@ -52,12 +56,14 @@ def case_findings(case: Case, catalog: Catalog, dose: Dose) -> list[Finding]:
             "prepare the appeal"
         )
         out.append(Finding("WEAK_EVIDENCE", message))
-    if not indication.labelled:
+    if not product.labelled_for(indication.id):
+        labelled = f" (labelled for: {product.label.wording})" if product.label.wording else ""
         out.append(
             Finding(
                 "OFF_LABEL",
-                f"{indication.name} is not an FDA-labelled use of {product.name}; payers may "
-                "call it experimental/investigational, so document every criterion",
+                f"{indication.name} is not an FDA-labelled use of {product.name}{labelled}; "
+                "payers may call it experimental/investigational, so document every criterion"
+                + ("" if case.request.product_reason else " and say why in request.product_reason"),
             )
         )
     hints = SPECIALIST_HINTS.get(indication.specialist, ())
@@ -101,4 +107,23 @@ def case_findings(case: Case, catalog: Catalog, dose: Dose) -> list[Finding]:
             )
         )
     out.extend(Finding(w.code, w.message) for w in dose.warnings)
+    if evaluation is not None:
+        policy = evaluation.policy
+        if policy.coverage == "experimental_investigational":
+            out.append(
+                Finding(
+                    "POLICY_EXPERIMENTAL",
+                    f"{policy.policy_id} calls this use experimental/investigational: the letter "
+                    "is an exception request; expect a denial and prepare the appeal",
+                )
+            )
+        for item in evaluation.insufficient:
+            out.append(Finding("CRITERION_INSUFFICIENT", item.request or item.id))
+        for item in evaluation.not_met:
+            out.append(
+                Finding(
+                    "CRITERION_NOT_MET",
+                    f"Criterion {item.id} of {policy.policy_id} is not met: {item.text}",
+                )
+            )
     return out

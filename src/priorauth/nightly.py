@@ -35,18 +35,24 @@ from priorauth.pipeline import (
     generate_case,
 )
 from priorauth.responses import ResponseFileError, parse_response_file
+from priorauth.statuses import Status
 from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
 from priorauth.tracking import (
     EVENT_CHANNEL,
     NIGHTLY,
     Actor,
+    CaseFileChanged,
     audit,
     expire_ended,
     expiring,
     flag_overdue,
     follow_ups_due,
+    get_case,
     ingest_response,
+    insufficient_criteria,
     mark_needs_info,
+    override_in_force,
+    override_to_ready,
     record_documents,
     register_case,
     units_running_out,
@@ -65,7 +71,11 @@ class NightReport:
     accepted: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # file names
     letters: list[str] = field(default_factory=list)
+    # Letters written as DRAFTs: valid cases whose payer criteria are insufficient (a document
+    # or fact is missing); a coordinator adds it or overrides. Not the invalid files set aside.
     needs_info: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)  # case IDs of the files set aside
+    renewals_needs_info: list[str] = field(default_factory=list)  # renewal letters as DRAFTs
     responses: Counter = field(default_factory=Counter)
     denials: list[dict[str, str]] = field(default_factory=list)
     notices_sent: int = 0
@@ -85,6 +95,8 @@ class NightReport:
             "new_cases": len(self.accepted),
             "quarantined": len(self.quarantined),
             "letters": len(self.letters),
+            "needs_info": self.needs_info,
+            "invalid": self.invalid,
             "denials": [d["case_id"] for d in self.denials],
             "notices_sent": self.notices_sent,
             "notices_failed": self.notices_failed,
@@ -111,9 +123,14 @@ class NightReport:
                 "cases": " ".join(self.letters),
             },
             {
-                "what": "needs info",
+                "what": "needs info (payer criteria insufficient, draft letter)",
                 "count": len(self.needs_info),
                 "cases": " ".join(self.needs_info),
+            },
+            {
+                "what": "invalid (case file set aside)",
+                "count": len(self.invalid),
+                "cases": " ".join(self.invalid),
             },
             {
                 "what": "denials",
@@ -129,6 +146,11 @@ class NightReport:
                 "cases": " ".join(self.follow_ups),
             },
             {"what": "renewals", "count": len(self.renewals), "cases": " ".join(self.renewals)},
+            {
+                "what": "renewals needing info (draft letter)",
+                "count": len(self.renewals_needs_info),
+                "cases": " ".join(self.renewals_needs_info),
+            },
             {
                 "what": "authorized units run out",
                 "count": len(self.units_running_out),
@@ -241,7 +263,10 @@ def record_results(
     store: Store, results: Iterable[CaseResult], home: Path, now: datetime, report: NightReport
 ) -> None:
     """Register generated cases and their documents; set aside invalid files. One transaction
-    per case, so a crash loses at most the case in flight (regenerated identically next run)."""
+    per case, so a crash loses at most the case in flight (regenerated identically next run).
+
+    A needs_info result (valid, letter written as a DRAFT, payer criteria insufficient) is
+    registered and recorded like a ready one, but the case goes to needs_info, not ready."""
     for result in results:
         if result.ok:
             assert result.case is not None and result.summary is not None
@@ -255,9 +280,19 @@ def record_results(
                     summary=_tracked(result.summary),
                     now=now,
                 )
-                record_documents(session, result.case_id, documents, actor=NIGHTLY, now=now)
+                record_documents(
+                    session,
+                    result.case_id,
+                    documents,
+                    actor=NIGHTLY,
+                    now=now,
+                    result_status=result.status,
+                    missing=_missing(result),
+                )
             report.accepted.append(result.case_id)
             report.letters.append(result.case_id)
+            if result.status == "needs_info":
+                report.needs_info.append(result.case_id)
             crashpoint("after_case_recorded")
         else:
             reason = "\n".join(f"{e['field']}: {e['message']}" for e in result.errors)
@@ -275,7 +310,7 @@ def record_results(
             if source.exists():
                 quarantine(source, f"case file set aside: {source.name}\n{reason}", home)
             report.quarantined.append(source.name)
-            report.needs_info.append(result.case_id)
+            report.invalid.append(result.case_id)
 
 
 def _tracked(summary: dict[str, Any]) -> dict[str, Any]:
@@ -288,8 +323,81 @@ def _tracked(summary: dict[str, Any]) -> dict[str, Any]:
         "template",
         "indication",
         "clinical_situation",
+        "status",  # ready | needs_info: whether the letter on file is a DRAFT
+        "criteria",  # the payer criteria checklist (policy, verdict, items)
     )
     return {k: summary[k] for k in keep if k in summary}
+
+
+def _missing(result: CaseResult) -> list[str]:
+    """The insufficient criterion ids of a result (ids only: safe for history and logs)."""
+    missing = getattr(result, "missing", None)
+    if missing is None and result.summary is not None:
+        missing = insufficient_criteria(result.summary)
+    return list(missing or [])
+
+
+def regenerate_case(
+    store: Store,
+    bench: Workbench,
+    home: Path,
+    case_id: str,
+    *,
+    actor: Actor,
+    now: datetime,
+    override_reason: str | None = None,
+) -> CaseResult:
+    """Regenerate a tracked case's letter and packet from its case file and record them (a new
+    version only when the bytes change): the portal's "Regenerate letter", and a coordinator's
+    criteria override (`override_reason`: needs_info → ready, the letter made final).
+
+    A coordinator's override holds for the case-file version the store evaluated: while that
+    file is unchanged, every regeneration leaves the DRAFT watermark off; a changed file is
+    evaluated afresh. No transaction is held while the PDFs render. Returns the result; an
+    invalid one records nothing (the caller reports its errors). Raises ReasonRequired,
+    IllegalTransition or CaseFileChanged for an override that cannot be made (nothing changes)."""
+    with store.reader() as session:
+        row = get_case(session, case_id)
+        source, stored_sha, status = Path(row.source_file), row.case_sha256, row.status
+        accepted = override_in_force(row)
+    current_sha = _file_sha(source) if source.is_file() else None
+    if override_reason is not None:
+        if status != Status.NEEDS_INFO or not override_reason.strip():
+            with store.session() as session:  # raises the reason it cannot be done
+                override_to_ready(session, case_id, reason=override_reason, actor=actor, now=now)
+        if current_sha is not None and current_sha != stored_sha:  # missing: invalid below
+            raise CaseFileChanged(
+                f"the case file of {case_id} changed after it was evaluated; the next nightly "
+                "run evaluates the new version (then override that one if still needed)"
+            )
+    accept = (override_reason is not None or accepted) and current_sha in (stored_sha, None)
+    result = generate_case(
+        source, bench=bench, out_dir=home / "letters", accept_insufficient=accept
+    )
+    if not result.ok or result.summary is None:
+        return result
+    documents = document_records(result, home)
+    with store.session() as session:
+        if override_reason is not None:
+            override_to_ready(
+                session,
+                case_id,
+                reason=override_reason,
+                actor=actor,
+                now=now,
+                case_sha256=result.case_sha256,
+                summary=_tracked(result.summary),
+            )
+        record_documents(
+            session,
+            case_id,
+            documents,
+            actor=actor,
+            now=now,
+            result_status=result.status,
+            missing=_missing(result),
+        )
+    return result
 
 
 def ingest_responses(
@@ -513,9 +621,17 @@ def renew(
             continue
         with store.session() as session:
             record_documents(
-                session, case_id, document_records(result, home), actor=NIGHTLY, now=now
+                session,
+                case_id,
+                document_records(result, home),
+                actor=NIGHTLY,
+                now=now,
+                result_status=result.status,
+                missing=_missing(result),
             )
         report.renewals.append(case_id)
+        if result.status == "needs_info":
+            report.renewals_needs_info.append(case_id)
 
 
 def finish(

@@ -20,7 +20,7 @@ from priorauth import codes
 from priorauth.catalog import Catalog, load_catalog
 from priorauth.documents import letter_context, make_environment, render_letter_text
 from priorauth.domain import Case
-from priorauth.dosing import Dose, DoseRequest, compute_dose
+from priorauth.dosing import Dose, DoseRequest, LoadingPhase, Regimen, compute_regimen
 from priorauth.errors import (
     AttachmentError,
     CaseFileError,
@@ -31,6 +31,8 @@ from priorauth.errors import (
 from priorauth.files import crashpoint, keep_version, sha256_bytes, sha256_file, write_atomic
 from priorauth.findings import case_findings
 from priorauth.intake import case_id_for, cross_checks, parse_case_file, validate_case
+from priorauth.letters.criteria import Evaluation, evaluate
+from priorauth.letters.grounding import Ledger
 from priorauth.packet import assemble_packet, read_attachment
 from priorauth.render import ensure_fonts, render_cover, render_letter
 from priorauth.settings import Settings
@@ -50,6 +52,7 @@ class CaseResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
     files_written: int = 0
+    missing: list[str] = field(default_factory=list)  # insufficient criterion ids (needs_info)
     # For the tracking store only (held in memory, never logged or handed to Prefect):
     case: Case | None = field(default=None, repr=False)
     summary: dict[str, Any] | None = field(default=None, repr=False)
@@ -59,7 +62,8 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ready"
+        """Letter and packet were written (ready, or needs_info with a DRAFT watermark)."""
+        return self.status in ("ready", "needs_info")
 
     def lean(self) -> CaseResult:
         """Without the validated case and summary (patient data): what a caller that only reports
@@ -101,9 +105,10 @@ def dose_request(case: Case) -> DoseRequest:
     )
 
 
-def inputs_dict(request: DoseRequest) -> dict[str, Any]:
-    """The `inputs` block of summary.json and `priorauth dose --json`."""
-    return {
+def inputs_dict(request: DoseRequest, case: Case | None = None) -> dict[str, Any]:
+    """The `inputs` block of summary.json and `priorauth dose --json` (with `loading` when the
+    case's request has a loading phase)."""
+    out = {
         "sex": request.sex,
         "height_cm": float(request.height_cm),
         "weight_kg": float(request.weight_kg),
@@ -113,6 +118,10 @@ def inputs_dict(request: DoseRequest) -> dict[str, Any]:
         "authorization_days": request.authorization_days,
         "weight_basis": request.basis,
     }
+    loading = case.request.loading if case is not None else None
+    if loading is not None:
+        out["loading"] = LoadingPhase(**loading.model_dump()).as_dict()
+    return out
 
 
 def product_dict(product: Any) -> dict[str, Any]:
@@ -129,22 +138,54 @@ class Letter:
     """A rendered case: the PDFs and everything summary.json reports about them."""
 
     case: Case
-    dose: Dose
+    dose: Dose  # the maintenance (or only) regimen
+    regimen: Regimen
     template: str
     letter_pdf: bytes
     packet_pdf: bytes
     warnings: list[dict[str, str]]
+    evaluation: Evaluation | None = None
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    draft: bool = False
+
+
+def case_regimen(case: Case, product: Any) -> Regimen:
+    """The request's dosing: its loading phase (if any) and its maintenance or only regimen."""
+    loading = case.request.loading
+    phase = LoadingPhase(**loading.model_dump()) if loading is not None else None
+    return compute_regimen(dose_request(case), product, phase)
+
+
+def case_evaluation(case: Case, catalog: Catalog, dose: Any, on: date) -> Evaluation | None:
+    """The case judged against its payer's policy (None when no policy decides it)."""
+    payer = catalog.payer(case.coverage.payer_id)
+    policy = catalog.policy_for(payer, case.indication, case.diagnoses[0].code, on)
+    if policy is None:
+        return None
+    return evaluate(case, catalog=catalog, policy=policy, dose=dose, on=on)
 
 
 def build_letter(
-    case: Case, bench: Workbench, case_dir: Path, renewal: dict[str, Any] | None = None
+    case: Case,
+    bench: Workbench,
+    case_dir: Path,
+    renewal: dict[str, Any] | None = None,
+    *,
+    accept_insufficient: bool = False,
 ) -> Letter:
-    """Dose, word, lay out and assemble one valid case (raises AttachmentError, DosingError)."""
+    """Dose, judge, word, lay out and assemble one valid case (raises AttachmentError,
+    DosingError). A case whose payer criteria are insufficient is watermarked DRAFT unless a
+    coordinator accepted it (`accept_insufficient`)."""
     catalog = bench.catalog
     product = catalog.product(case.request.product_id)
     payer = catalog.payer(case.coverage.payer_id)
-    dose = compute_dose(dose_request(case), product)
-    findings = case_findings(case, catalog, dose)
+    regimen = case_regimen(case, product)
+    dose = regimen.maintenance
+    letter_date = case.prepared_on or bench.today
+    evaluation = case_evaluation(case, catalog, regimen, letter_date)
+    if evaluation is not None and accept_insufficient:
+        evaluation = replace(evaluation, override=True)
+    findings = case_findings(case, catalog, regimen, evaluation)
     attachments = [
         (
             a.title,
@@ -156,25 +197,41 @@ def build_letter(
         )
         for i, a in enumerate(case.attachments)
     ]
-    letter_date = case.prepared_on or bench.today
-    ctx = letter_context(case, catalog=catalog, dose=dose, letter_date=letter_date)
+    phases = (
+        [(label.title(), d) for label, d in regimen.phases] if regimen.loading is not None else None
+    )
+    ctx = letter_context(
+        case,
+        catalog=catalog,
+        dose=dose,
+        letter_date=letter_date,
+        evaluation=evaluation,
+        phases=phases,
+    )
+    ctx["units_in_authorization_total"] = regimen.total_billing_units_in_authorization
     ctx["renewal"] = renewal
+    root: dict[str, Any] = {name: getattr(case, name) for name in Case.model_fields}
+    ledger = Ledger(root={**root, "renewal": renewal}, library=catalog.evidence)
     template, sections = render_letter_text(
         bench.env,
         ctx,
         payer_id=payer.id,
         indication=case.indication,
         situation=case.clinical_situation,
+        ledger=ledger,
     )
     titles = {dx.code: codes.icd_title(dx.code) or "" for dx in case.diagnoses}
-    indication = catalog.indication(case.indication)
+    draft = (
+        evaluation is not None and evaluation.verdict == "insufficient" and not accept_insufficient
+    )
     letter_pdf = render_letter(
         ctx,
         sections,
         letterhead=catalog.letterhead,
         titles=titles,
-        references=list(indication.references),
+        references=ledger.references(),
         enclosures=[a.title for a in case.attachments],
+        draft=draft,
     )
 
     def cover(total: int, parts: list[tuple[str, int]]) -> bytes:
@@ -194,7 +251,18 @@ def build_letter(
         cover=cover,
         title=f"Prior authorization packet, case {case.case_id}",
     )
-    return Letter(case, dose, template, letter_pdf, packet_pdf, [f.as_dict() for f in findings])
+    return Letter(
+        case,
+        dose,
+        regimen,
+        template,
+        letter_pdf,
+        packet_pdf,
+        [f.as_dict() for f in findings],
+        evaluation,
+        ledger.as_list(),
+        draft,
+    )
 
 
 def _write_summary(folder: Path, summary: dict[str, Any]) -> bool:
@@ -226,10 +294,17 @@ def _invalid(path: Path, case_id: str, errors: list[FieldError], out_dir: Path) 
 
 
 def generate_case(
-    path: Path, *, bench: Workbench, out_dir: Path, renewal: dict[str, Any] | None = None
+    path: Path,
+    *,
+    bench: Workbench,
+    out_dir: Path,
+    renewal: dict[str, Any] | None = None,
+    accept_insufficient: bool = False,
 ) -> CaseResult:
     """One case file → DIR/<case_id>/{letter.pdf, packet.pdf, summary.json}, or an invalid summary.
 
+    Status `ready`; `needs_info` when the payer criteria are insufficient (the PDFs are written,
+    watermarked DRAFT, unless `accept_insufficient`: a coordinator's override); `invalid`.
     Re-running with the same input rewrites nothing (identical bytes are detected by hash).
     With `renewal` ({"auth_number", "auth_end"}) it writes a renewal request instead, into
     DIR/<case_id>/renewal-<auth_end>/.
@@ -240,9 +315,14 @@ def generate_case(
         case = validate_case(data, catalog=bench.catalog, today=bench.today, case_dir=path.parent)
         if renewal:
             case = case.model_copy(
-                update={"request": case.request.model_copy(update={"renewal": True})}
+                # A renewal continues maintenance: the loading phase is not repeated.
+                update={
+                    "request": case.request.model_copy(update={"renewal": True, "loading": None})
+                }
             )
-        letter = build_letter(case, bench, path.parent, renewal)
+        letter = build_letter(
+            case, bench, path.parent, renewal, accept_insufficient=accept_insufficient
+        )
     except (CaseFileError, CaseValidationError, AttachmentError) as exc:
         return _invalid(path, case_id_for(path, data), exc.errors, out_dir)
     except DosingError as exc:
@@ -255,9 +335,13 @@ def generate_case(
     crashpoint("after_letter_written")
     written += write_atomic(folder / PACKET_FILE, letter.packet_pdf)
     request = dose_request(case)
+    status = "needs_info" if letter.draft else "ready"
+    missing = (
+        [i.id for i in letter.evaluation.insufficient] if letter.draft and letter.evaluation else []
+    )
     summary = {
         "case_id": case.case_id,
-        "status": "ready",
+        "status": status,
         "source": str(path),
         "errors": [],
         "warnings": letter.warnings,
@@ -266,8 +350,10 @@ def generate_case(
         "payer_id": case.coverage.payer_id,
         "template": letter.template,
         "product": product_dict(bench.catalog.product(case.request.product_id)),
-        "inputs": inputs_dict(request),
-        "dosing": letter.dose.as_dict(),
+        "inputs": inputs_dict(request, case),
+        "dosing": letter.regimen.as_dict(),
+        "criteria": letter.evaluation.as_dict() if letter.evaluation else None,
+        "claims": letter.claims,
         "documents": {
             "letter": {"file": LETTER_FILE, "sha256": sha256_bytes(letter.letter_pdf)},
             "packet": {"file": PACKET_FILE, "sha256": sha256_bytes(letter.packet_pdf)},
@@ -277,10 +363,11 @@ def generate_case(
     return CaseResult(
         case.case_id,
         str(path),
-        "ready",
+        status,
         [],
         letter.warnings,
         written,
+        missing=missing,
         case=case,
         summary=summary,
         case_sha256=sha256_file(path),
@@ -301,6 +388,24 @@ def document_records(result: CaseResult, home: Path) -> list[tuple[str, str, str
         name = f"renewal_{kind}" if result.renewal else kind
         records.append((name, str(kept.resolve().relative_to(home.resolve())), doc["sha256"]))
     return records
+
+
+def evaluate_case_file(
+    path: Path, *, bench: Workbench
+) -> tuple[list[FieldError], dict[str, Any] | None]:
+    """Validation errors of a case file, or its payer-criteria checklist (no rendering)."""
+    errors = check_case(path, bench=bench)
+    if errors:
+        return errors, None
+    case = validate_case(
+        parse_case_file(path), catalog=bench.catalog, today=bench.today, case_dir=None
+    )
+    try:
+        dose = case_regimen(case, bench.catalog.product(case.request.product_id))
+    except DosingError as exc:
+        return [FieldError("request", str(exc))], None
+    evaluation = case_evaluation(case, bench.catalog, dose, case.prepared_on or bench.today)
+    return [], evaluation.as_dict() if evaluation else None
 
 
 def check_case(path: Path, *, bench: Workbench) -> list[FieldError]:

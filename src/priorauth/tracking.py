@@ -27,7 +27,15 @@ from priorauth.notify import (
     channels,
     render_notice,
 )
-from priorauth.statuses import ADVERSE, AUTHORIZED, AWAITING_DECISION, Status, check_transition
+from priorauth.statuses import (
+    ADVERSE,
+    ALLOWED,
+    AUTHORIZED,
+    AWAITING_DECISION,
+    IllegalTransition,
+    Status,
+    check_transition,
+)
 from priorauth.store import (
     AuditRow,
     CaseRow,
@@ -41,6 +49,20 @@ from priorauth.store import (
 
 class UnknownCase(PriorAuthError):
     """Raised when a case ID is not in the store."""
+
+
+class ReasonRequired(PriorAuthError):
+    """Raised when a move needs a reason (a criteria override) and none was given."""
+
+
+class CaseFileChanged(PriorAuthError):
+    """Raised when a case file changed after the version the store evaluated: an override
+    applies to one evaluated version only, so the new one must be evaluated first."""
+
+
+# The reason code of a coordinator's needs_info → ready move: the payer criteria the file cannot
+# yet show are accepted as they are (the letter is then final, without the DRAFT watermark).
+OVERRIDE_REASON_CODE = "CRITERIA_OVERRIDE"
 
 
 @dataclass(frozen=True)
@@ -293,6 +315,22 @@ def queue_denial_notices(
     return queued
 
 
+def insufficient_criteria(summary: dict[str, Any] | None) -> list[str]:
+    """The ids of the payer criteria a (tracked) summary shows as insufficient: safe to log."""
+    criteria = (summary or {}).get("criteria") or {}
+    return [
+        str(item.get("id"))
+        for item in criteria.get("items") or []
+        if item.get("verdict") == "insufficient"
+    ]
+
+
+def override_in_force(row: CaseRow) -> bool:
+    """Whether a coordinator accepted the stored case-file version's insufficient criteria. The
+    mark lives in the stored summary, which a changed case file replaces (evaluated afresh)."""
+    return bool(((row.summary or {}).get("criteria") or {}).get("override"))
+
+
 def record_documents(
     session: Session,
     case_id: str,
@@ -300,9 +338,15 @@ def record_documents(
     *,
     actor: Actor,
     now: datetime,
+    result_status: str = "ready",
+    missing: list[str] | None = None,
 ) -> list[DocumentRow]:
     """Record (kind, path, sha256) documents; a new version only when the bytes changed.
-    Moves a draft or needs_info case to ready."""
+
+    `result_status` is the generation's: "ready" moves a draft or needs_info case to ready;
+    "needs_info" (documents written as a DRAFT, payer criteria `missing`, by id) moves a draft
+    case to needs_info, and never to ready: only a result that meets the criteria, or a
+    coordinator's override (`override_to_ready`), does that."""
     rows = []
     for kind, path, sha in documents:
         existing = session.scalars(
@@ -336,7 +380,30 @@ def record_documents(
             )
         rows.append(existing)
     row = get_case(session, case_id)
-    if row.status in (Status.DRAFT, Status.NEEDS_INFO):
+    if result_status == Status.NEEDS_INFO:
+        ids = ", ".join(missing or []) or "see the checklist"
+        if row.status == Status.NEEDS_INFO:
+            pass  # still missing information: the history already says so
+        elif Status.NEEDS_INFO in ALLOWED[Status(row.status)]:
+            transition(
+                session,
+                row,
+                Status.NEEDS_INFO,
+                actor=actor,
+                now=now,
+                reason_text=f"draft letter generated; payer criteria insufficient: {ids}",
+            )
+        else:  # e.g. a ready case whose corrected file lacks a document: say so, change nothing
+            audit(
+                session,
+                actor,
+                "criteria_insufficient",
+                "flagged",
+                now,
+                case_id=case_id,
+                detail=f"status {row.status} kept; payer criteria insufficient: {ids}",
+            )
+    elif row.status in (Status.DRAFT, Status.NEEDS_INFO):
         transition(
             session,
             row,
@@ -346,6 +413,69 @@ def record_documents(
             reason_text="letter and packet generated",
         )
     return rows
+
+
+def override_to_ready(
+    session: Session,
+    case_id: str,
+    *,
+    reason: str | None,
+    actor: Actor,
+    now: datetime,
+    case_sha256: str | None = None,
+    summary: dict[str, Any] | None = None,
+) -> StatusChangeRow:
+    """A coordinator moves a needs_info case to ready although payer criteria are insufficient.
+
+    The reason is required; the move is recorded in the history (reason code CRITERIA_OVERRIDE,
+    who, when, the reason) and the audit log (the criterion ids and the case-file version, no
+    patient data). The override holds for the stored case-file version: `case_sha256`, when
+    given, must be that version (else CaseFileChanged). `summary`: the tracked summary of the
+    letter regenerated without the watermark; without it the stored summary is marked, and the
+    next regeneration of this version honours the override."""
+    row = get_case(session, case_id, lock=True)
+    if row.status != Status.NEEDS_INFO:
+        check_transition(row.status, Status.READY)  # the state machine's own refusal, if any
+        raise IllegalTransition(
+            f"{case_id} is {row.status}, not needs_info: there are no insufficient criteria "
+            "to override"
+        )
+    if not (reason or "").strip():
+        raise ReasonRequired(
+            f"{case_id} is needs_info: moving it to ready overrides the payer criteria it "
+            "cannot yet show; a reason is required"
+        )
+    if case_sha256 is not None and case_sha256 != row.case_sha256:
+        raise CaseFileChanged(
+            f"the case file of {case_id} changed after it was evaluated; the next nightly run "
+            "evaluates the new version (then override that one if still needed)"
+        )
+    missing = insufficient_criteria(row.summary)
+    change = transition(
+        session,
+        row,
+        Status.READY,
+        actor=actor,
+        now=now,
+        reason_code=OVERRIDE_REASON_CODE,
+        reason_text=reason.strip(),  # type: ignore[union-attr]
+    )
+    tracked = dict(summary if summary is not None else row.summary or {})
+    if (tracked.get("criteria") or {}).get("verdict") == "insufficient":
+        tracked["criteria"] = {**tracked["criteria"], "override": True}
+    tracked["status"] = Status.READY.value
+    row.summary = tracked
+    audit(
+        session,
+        actor,
+        "criteria_override",
+        "ok",
+        now,
+        case_id=case_id,
+        detail=f"insufficient accepted: {', '.join(missing) or '-'}; "
+        f"case file {row.case_sha256[:12]}",
+    )
+    return change
 
 
 def mark_needs_info(
@@ -430,6 +560,11 @@ def set_status(
 ) -> StatusChangeRow:
     """A decision or other status change, from a coordinator or a payer file."""
     row = get_case(session, case_id, lock=True)
+    if row.status == Status.NEEDS_INFO and str(status) == Status.READY:
+        # A criteria override: reason required, audited, marked for this case-file version.
+        # Callers that can render (CLI, portal) use nightly.regenerate_case(override_reason=…),
+        # which also makes the letter final at once.
+        return override_to_ready(session, case_id, reason=reason_text, actor=actor, now=now)
     change = transition(
         session,
         row,
@@ -632,12 +767,17 @@ def units_run_out(row: Any) -> date | None:
     The units and dates are the payer's; only their use is projected, on the request's schedule:
     one course of `billing_units_per_course` every `interval_days`, from the later of the
     authorization start and the requested start (a single course when there is no interval).
+    With a loading phase (`dosing.phases`, see dosing.Regimen.as_dict) the loading courses come
+    first, then maintenance from its `first_course_day`.
     `row`: a CaseRow, or any row with its auth_start, auth_end, auth_units, service_start and
     summary."""
     summary = row.summary or {}
-    per_course = (summary.get("dosing") or {}).get("billing_units_per_course")
+    dosing = summary.get("dosing") or {}
+    per_course = dosing.get("billing_units_per_course")
     if row.auth_units is None or row.auth_start is None or row.auth_end is None or not per_course:
         return None
+    if dosing.get("phases"):
+        return _phased_units_run_out(row, dosing["phases"])
     interval = (summary.get("inputs") or {}).get("interval_days")
     covered = row.auth_units // per_course
     first = max(row.auth_start, row.service_start or row.auth_start)
@@ -648,6 +788,33 @@ def units_run_out(row: Any) -> date | None:
     else:
         uncovered = first
     return uncovered if uncovered <= row.auth_end else None
+
+
+def _phased_units_run_out(row: Any, phases: list[dict[str, Any]]) -> date | None:
+    """units_run_out on a loading + maintenance schedule: walk the courses in date order until
+    the authorized units no longer cover one, or the authorization ends."""
+    first = max(row.auth_start, row.service_start or row.auth_start)
+    used = 0
+    for phase in phases:
+        units = phase.get("billing_units_per_course")
+        if not units:
+            return None
+        interval = phase.get("interval_days")
+        day = phase.get("first_course_day") or 0
+        count = phase.get("courses") if phase.get("phase") == "loading" else None
+        given = 0
+        while count is None or given < count:
+            start = first + timedelta(days=day)
+            if start > row.auth_end:
+                break
+            if used + units > row.auth_units:
+                return start
+            used += units
+            given += 1
+            if not interval:
+                break
+            day += interval
+    return None
 
 
 def units_running_out(session: Session, today: date, lead_days: int) -> list[tuple[str, date]]:
@@ -740,6 +907,12 @@ def case_view(session: Session, case_id: str) -> dict[str, Any]:
             "units_run_out_on": iso(units_run_out(row)),
         },
         "errors": row.errors or [],
+        # The payer criteria checklist of the stored case-file version (summary.json's
+        # `criteria`), whether its letter is a DRAFT, and any coordinator override of it.
+        "criteria": (row.summary or {}).get("criteria"),
+        "letter_status": (row.summary or {}).get("status"),
+        "missing": insufficient_criteria(row.summary),
+        "override": override_in_force(row),
         "history": [
             {
                 "at": iso(h.at),
@@ -802,6 +975,7 @@ def list_cases(session: Session, *, status: str | None = None) -> list[dict[str,
             "due_by": r.due_by.isoformat() if r.due_by else None,
             "overdue": r.overdue_since is not None,
             "auth_end": r.auth_end.isoformat() if r.auth_end else None,
+            "missing": insufficient_criteria(r.summary) if r.status == Status.NEEDS_INFO else [],
         }
         for r in session.scalars(stmt)
     ]

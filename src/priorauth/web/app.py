@@ -13,7 +13,6 @@ import math
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import jinja2
@@ -39,7 +38,6 @@ from priorauth.tracking import (
     Actor,
     audit,
     case_view,
-    record_documents,
     set_status,
     submit,
 )
@@ -55,6 +53,30 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+}
+# What staff read for a status code (the code stays the form value and the URL filter).
+STATUS_LABELS = {
+    "draft": "Draft",
+    "needs_info": "Needs information",
+    "ready": "Ready",
+    "submitted": "Submitted",
+    "pending": "Pending",
+    "info_requested": "Information requested",
+    "approved": "Approved",
+    "partially_approved": "Partially approved",
+    "denied": "Denied",
+    "not_required": "Not required",
+    "appeal_submitted": "Appeal submitted",
+    "appeal_approved": "Appeal approved",
+    "appeal_denied": "Appeal denied",
+    "expired": "Expired",
+    "withdrawn": "Withdrawn",
+}
+VERDICT_LABELS = {
+    "met": "Met",
+    "not_met": "Not met",
+    "insufficient": "Information missing",
+    "not_applicable": "Not applicable",
 }
 
 
@@ -97,6 +119,8 @@ def create_app(
     )
     env.filters["dt"] = lambda v: v.strftime("%Y-%m-%d %H:%M") if v else ""
     env.filters["d"] = lambda v: v.isoformat() if v else ""
+    env.filters["status_label"] = lambda v: STATUS_LABELS.get(str(v), str(v)) if v else ""
+    env.filters["verdict_label"] = lambda v: VERDICT_LABELS.get(str(v), str(v)) if v else ""
     bench: dict[str, Workbench] = {}
 
     app = FastAPI(title="priorauth portal", docs_url=None, redoc_url=None, openapi_url=None)
@@ -383,7 +407,7 @@ def create_app(
                 "page": page_number,
                 "pages": pages,
                 "filters": filters,
-                "statuses": [str(s) for s in Status],
+                "statuses": [(str(s), STATUS_LABELS.get(str(s), str(s))) for s in Status],
                 "payers": sorted(catalog.payers.values(), key=lambda p: p.name),
             },
         )
@@ -413,6 +437,9 @@ def create_app(
                     str(s) for s in ALLOWED[Status(row.status)] if s is not Status.SUBMITTED
                 ),
                 "can_submit": Status.SUBMITTED in ALLOWED[Status(row.status)],
+                # needs_info → ready is a criteria override: its own form, a reason required
+                "can_override": row.status == Status.NEEDS_INFO,
+                "criteria": (row.summary or {}).get("criteria"),
                 "message": request.query_params.get("done"),
             },
         )
@@ -445,11 +472,51 @@ def create_app(
             raise HTTPException(409, str(exc)) from None
         return back(case_id, "submitted")
 
+    def workbench() -> "Workbench":
+        """The letter machinery, built on first use and once a day (the letter date)."""
+        # Imported here: the ICD-10-CM code set it loads takes seconds, which the portal's other
+        # pages do not need (start-up stays fast; the first regeneration pays it once).
+        from priorauth.pipeline import Workbench
+
+        today = clock().date()
+        if today not in {b.today for b in bench.values()}:
+            bench.clear()
+            bench[today.isoformat()] = Workbench.build(settings, today)
+        return next(iter(bench.values()))
+
+    def override(case_id: str, who: Viewer, reason: str) -> Response:
+        """needs_info → ready with the coordinator's reason: the letter and packet regenerated
+        without the DRAFT watermark, then the move, the new versions and the audit row in one
+        transaction. No transaction is held while the PDFs render."""
+        from priorauth.nightly import regenerate_case
+
+        if not reason.strip():
+            raise HTTPException(
+                400,
+                "Marking a case that needs information as ready overrides the payer criteria: "
+                "give the reason.",
+            )
+        try:
+            result = regenerate_case(
+                store,
+                workbench(),
+                settings.home,
+                case_id,
+                actor=who.actor,
+                now=clock(),
+                override_reason=reason,
+            )
+        except PriorAuthError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if not result.ok:
+            record(who, "generate", "invalid", case_id=case_id, detail=_fields(result.errors))
+            raise HTTPException(409, "The case file no longer validates: " + _errors(result.errors))
+        return back(case_id, "ready")
+
     @app.post("/cases/{case_id}/status")
     def record_status(
         case_id: str,
         who: Coordinator,
-        session: WriteDB,
         status: Annotated[str, Form(max_length=32)],
         reason_code: Annotated[str, Form(max_length=64)] = "",
         reason: Annotated[str, Form(max_length=2000)] = "",
@@ -461,7 +528,10 @@ def create_app(
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
         csrf(who, csrf_token)
-        load_case(session, case_id)
+        with store.reader() as session:
+            current = load_case(session, case_id).status
+        if current == Status.NEEDS_INFO and status == Status.READY:
+            return override(case_id, who, reason)
         try:
             start = date.fromisoformat(auth_start) if auth_start else None
             end = date.fromisoformat(auth_end) if auth_end else None
@@ -470,22 +540,23 @@ def create_app(
         except ValueError:
             raise HTTPException(400, "Dates are YYYY-MM-DD and units a whole number.") from None
         try:
-            set_status(
-                session,
-                case_id,
-                status,
-                actor=who.actor,
-                now=clock(),
-                catalog=catalog,
-                settings=settings,
-                reason_code=reason_code or None,
-                reason_text=reason or None,
-                reference=reference or None,
-                auth_start=start,
-                auth_end=end,
-                auth_units=units,
-                decided_on=decided,
-            )
+            with store.session() as session:
+                set_status(
+                    session,
+                    case_id,
+                    status,
+                    actor=who.actor,
+                    now=clock(),
+                    catalog=catalog,
+                    settings=settings,
+                    reason_code=reason_code or None,
+                    reason_text=reason or None,
+                    reference=reference or None,
+                    auth_start=start,
+                    auth_end=end,
+                    auth_units=units,
+                    decided_on=decided,
+                )
         except PriorAuthError as exc:
             raise HTTPException(409, str(exc)) from None
         return back(case_id, "status")
@@ -497,36 +568,21 @@ def create_app(
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
         csrf(who, csrf_token)
-        # Imported here: the ICD-10-CM code set it loads takes seconds, which the portal's other
-        # pages do not need (start-up stays fast; the first regeneration pays it once).
-        from priorauth.pipeline import Workbench, document_records, generate_case
+        from priorauth.nightly import regenerate_case
 
-        # No transaction is held while the PDFs render: read, render, then write.
         with store.reader() as session:
-            source = load_case(session, case_id).source_file
-        now = clock()
-        if now.date() not in {b.today for b in bench.values()}:
-            bench.clear()
-            bench[now.date().isoformat()] = Workbench.build(settings, now.date())
-        work = next(iter(bench.values()))
-        result = generate_case(Path(source), bench=work, out_dir=settings.home / "letters")
+            load_case(session, case_id)
+        # No transaction is held while the PDFs render: read, render, then write. A coordinator's
+        # criteria override of this case-file version keeps the letter final (no DRAFT mark).
+        try:
+            result = regenerate_case(
+                store, workbench(), settings.home, case_id, actor=who.actor, now=clock()
+            )
+        except PriorAuthError as exc:
+            raise HTTPException(409, str(exc)) from None
         if not result.ok or result.summary is None:
-            record(
-                who,
-                "generate",
-                "invalid",
-                case_id=case_id,
-                detail="; ".join(e["field"] for e in result.errors),
-            )
-            raise HTTPException(
-                409,
-                "The case file no longer validates: "
-                + "; ".join(f"{e['field']}: {e['message']}" for e in result.errors),
-            )
-        with store.session() as session:
-            record_documents(
-                session, case_id, document_records(result, settings.home), actor=who.actor, now=now
-            )
+            record(who, "generate", "invalid", case_id=case_id, detail=_fields(result.errors))
+            raise HTTPException(409, "The case file no longer validates: " + _errors(result.errors))
         return back(case_id, "regenerated")
 
     # ---- downloads -----------------------------------------------------------------------
@@ -596,3 +652,11 @@ def create_app(
         return {"status": "ok"}
 
     return app
+
+
+def _fields(errors: list[dict[str, str]]) -> str:
+    return "; ".join(e["field"] for e in errors)
+
+
+def _errors(errors: list[dict[str, str]]) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
