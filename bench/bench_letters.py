@@ -324,7 +324,8 @@ def plain(obj: Any) -> Any:
 
 
 def render_pdfs(items: list[tuple[Any, ...]]) -> list[bytes]:
-    from priorauth.render import ensure_fonts, render_letter
+    from priorauth.letters.page import ensure_fonts
+    from priorauth.letters.render import render_letter
 
     ensure_fonts()  # once per process, before any render (PDF.md: threads and lazy fonts)
     return [render_letter(ctx, sections, **kwargs) for ctx, sections, kwargs in items]

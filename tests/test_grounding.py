@@ -13,8 +13,8 @@ from jinja2 import nodes
 from pypdf import PdfReader
 
 from conftest import CASES, ROOT, TODAY
-from priorauth.documents import make_environment
 from priorauth.intake import find_case_files, load_case, parse_case_file, validate_case
+from priorauth.letters.wording import make_environment
 from priorauth.pipeline import build_letter
 
 TEMPLATES = ROOT / "templates" / "letters"

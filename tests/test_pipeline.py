@@ -14,8 +14,8 @@ from pypdf import PdfReader, PdfWriter
 
 from conftest import CASES, DOSING_KEYS, TODAY, make_case
 from priorauth.catalog import load_catalog
-from priorauth.documents import template_candidates
 from priorauth.intake import find_case_files, load_case
+from priorauth.letters.wording import template_candidates
 from priorauth.pipeline import build_letter, generate_case
 from priorauth.settings import load_settings
 
@@ -45,7 +45,7 @@ def test_there_are_enough_fixture_cases() -> None:
 
 
 def test_every_fixture_letter_carries_its_facts(letters, bench) -> None:
-    from priorauth.documents import grams, plain_number
+    from priorauth.letters.wording import grams, plain_number
 
     for case_id, (case, letter) in letters.items():
         text = pdf_text(letter.letter_pdf)

@@ -17,11 +17,12 @@ from pypdf import PdfReader
 
 from conftest import CASES, TODAY, make_case
 from priorauth import pipeline
-from priorauth.documents import Section
 from priorauth.dosing import DoseRequest, compute_dose
 from priorauth.intake import load_case
+from priorauth.letters.page import unit_text
+from priorauth.letters.render import render_letter
+from priorauth.letters.wording import Section
 from priorauth.pipeline import build_letter
-from priorauth.render import render_letter, unit_text
 
 MS = CASES / "ms-dmt-failure-privigen.yaml"  # 5 infusion days, adjusted weight, Attn in address
 ITP = CASES / "itp-4001.yaml"  # platelets typed as "x 10^9/L"
@@ -426,7 +427,7 @@ def cover_args(bench, **overrides: Any) -> dict[str, Any]:
 
 
 def test_cover_sheet_is_one_drawn_page(bench) -> None:
-    from priorauth.render import render_cover
+    from priorauth.letters.cover import render_cover
 
     pdf = render_cover(**cover_args(bench))
     assert pdf == render_cover(**cover_args(bench))
@@ -451,7 +452,7 @@ def test_cover_sheet_is_one_drawn_page(bench) -> None:
 
 
 def test_cover_sheet_too_full_to_draw_flows_instead(bench) -> None:
-    from priorauth.render import _cover_flowing, render_cover
+    from priorauth.letters.cover import _cover_flowing, render_cover
 
     parts = [(f"Attachment {i} " + "with a long descriptive title " * 6, 3) for i in range(20)]
     args = cover_args(bench, parts=parts)

@@ -319,7 +319,7 @@ def format_dose(product: Product, d: Dose) -> str:
 
 
 def _dose_lines(d: Dose) -> list[str]:
-    from priorauth.documents import BASIS_LABELS, fixed, frequency_text, grams, kg, vials_text
+    from priorauth.letters.wording import BASIS_LABELS, fixed, frequency_text, grams, kg, vials_text
 
     lines = [
         f"  weights       actual {kg(d.actual_weight_kg)}, ideal {kg(d.ideal_weight_kg)}, "

@@ -18,7 +18,6 @@ from typing import Any
 
 from priorauth import codes
 from priorauth.catalog import Catalog, load_catalog
-from priorauth.documents import letter_context, make_environment, render_letter_text
 from priorauth.domain import Case
 from priorauth.dosing import Dose, DoseRequest, LoadingPhase, Regimen, compute_regimen
 from priorauth.errors import (
@@ -29,12 +28,15 @@ from priorauth.errors import (
     FieldError,
 )
 from priorauth.files import crashpoint, keep_version, sha256_bytes, sha256_file, write_atomic
-from priorauth.findings import case_findings
 from priorauth.intake import case_id_for, cross_checks, parse_case_file, validate_case
+from priorauth.letters.cover import render_cover
 from priorauth.letters.criteria import Evaluation, evaluate
+from priorauth.letters.findings import case_findings
 from priorauth.letters.grounding import Ledger
-from priorauth.packet import assemble_packet, read_attachment
-from priorauth.render import ensure_fonts, render_cover, render_letter
+from priorauth.letters.packet import assemble_packet, read_attachment
+from priorauth.letters.page import ensure_fonts
+from priorauth.letters.render import render_letter
+from priorauth.letters.wording import letter_context, make_environment, render_letter_text
 from priorauth.settings import Settings
 
 LETTER_FILE = "letter.pdf"

@@ -1,7 +1,7 @@
 """Packet assembly with pypdf: fax cover sheet + letter + attachments, one bookmark per part.
 
 Attachments are untrusted PDFs: size- and page-limited, encrypted ones refused, unreadable ones
-reported as AttachmentError for that case only. It must not render pages itself (render.py does).
+reported as AttachmentError for that case only. It must not render pages itself (letters/render.py and letters/cover.py do).
 """
 
 from __future__ import annotations
