@@ -176,7 +176,7 @@ def test_cli_nightly_on_the_fixtures_then_a_denial_emails_once(
         assert len(cases) == len(list(CASES.glob("*.*")))
         by_status = {c["case_id"]: c["status"] for c in cases}
         needs_info = {k for k, v in by_status.items() if v == "needs_info"}
-        assert needs_info == {"CIDP-2010", "MG-5010", "MS-1010", "PID-3001", "PID-3012"}
+        assert needs_info == {"CIDP-2010", "MG-5010", "MS-1010", "MS-1011", "PID-3001", "PID-3012"}
         assert set(by_status.values()) == {"ready", "needs_info"}
         cli("submit", "MS-1004", "--method", "fax", "--reference", "FAX-1")
         (home / "responses" / "denied.x12").write_bytes(
@@ -279,7 +279,11 @@ def test_phi_canary_stays_where_it_belongs(harness, tmp_path: Path, monkeypatch,
         assert len(smtp.messages) == 1 and len(hook.requests) == 1
 
         portal = TestClient(create_app(settings))
-        portal.post("/login", data={"username": "pharm", "password": "correct horse battery"})
+        form = re.search(r'name="login_token" value="([^"]+)"', portal.get("/login").text)
+        portal.post(
+            "/login",
+            data={"username": "pharm", "password": "correct horse battery", "login_token": form[1]},
+        )
         case_page = portal.get("/cases/CANARY-1").text
         assert CANARY["last"] in case_page  # the one page where it belongs
         ids = re.findall(r'href="/documents/(\d+)"', case_page)

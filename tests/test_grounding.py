@@ -32,6 +32,8 @@ NOT_PATIENT_FACTS = {
     "claim",
     "c",
     "labelled",
+    "label_date",
+    "supporting_claims",
     "payer",
     "parent",
 }

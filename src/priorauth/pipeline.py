@@ -223,9 +223,7 @@ def build_letter(
         ledger=ledger,
     )
     titles = {dx.code: codes.icd_title(dx.code) or "" for dx in case.diagnoses}
-    draft = (
-        evaluation is not None and evaluation.verdict == "insufficient" and not accept_insufficient
-    )
+    draft = evaluation is not None and evaluation.needs_documents and not accept_insufficient
     letter_pdf = render_letter(
         ctx,
         sections,

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from priorauth.letters.policies import Criterion, Group, Policy
+from priorauth.letters.policies import Criterion, Group, Policy, policy_wording
 
 # Unit conversions a threshold may need (to the policy's unit). Immune globulin levels are
 # reported in mg/dL in the US and g/L elsewhere: 1 g/L = 100 mg/dL.
@@ -52,6 +52,11 @@ class Evaluation:
     override: bool = False
 
     @property
+    def needs_documents(self) -> bool:
+        """Some criterion lacks its evidence (even if another is not met): status needs_info."""
+        return bool(self.insufficient)
+
+    @property
     def insufficient(self) -> list[Item]:
         return [i for i in self.items if i.verdict == "insufficient"]
 
@@ -74,6 +79,11 @@ class Evaluation:
         if self.override:
             out["override"] = True
         return out
+
+
+def needs_documents(criteria: dict[str, Any] | None) -> bool:
+    """The same test as Evaluation.needs_documents, on summary.json's `criteria` mapping."""
+    return any(i.get("verdict") == "insufficient" for i in (criteria or {}).get("items", []))
 
 
 def combine(verdicts: list[str], mode: str) -> str:
@@ -112,9 +122,13 @@ def _contains(text: str | None, needles: tuple[str, ...]) -> bool:
     return any(n.lower() in low for n in needles)
 
 
-def _measurements(facts: _Facts, source: str, names: tuple[str, ...]) -> list[tuple[int, Any]]:
-    values = getattr(facts.case.clinical, source)
-    return [(i, m) for i, m in enumerate(values) if _contains(m.name, names)]
+def _measurements(facts: _Facts, spec: Any) -> list[tuple[int, Any]]:
+    values = getattr(facts.case.clinical, spec.source)
+    return [
+        (i, m)
+        for i, m in enumerate(values)
+        if _contains(m.name, spec.names) and not _contains(m.name, spec.exclude)
+    ]
 
 
 def _in_unit(value: Decimal, unit: str | None, wanted: str | None) -> Decimal | None:
@@ -131,6 +145,17 @@ def _fmt(value: Decimal) -> str:
 
 def _result(verdict: str, evidence: list[str], detail: str | None = None) -> tuple:
     return verdict, tuple(evidence), detail
+
+
+def steroid_fact(case: Any) -> tuple[str | None, str]:
+    """(response to high-dose corticosteroids, its field path) for the episode being treated."""
+    if case.clinical.steroid_response:
+        return case.clinical.steroid_response, "clinical.steroid_response"
+    if case.clinical.relapses:
+        i, latest = max(enumerate(case.clinical.relapses), key=lambda p: (p[1].date, p[0]))
+        if latest.steroid_response:
+            return latest.steroid_response, f"clinical.relapses[{i}].steroid_response"
+    return None, "clinical.steroid_response"
 
 
 def _check(kind: str, spec: Any, facts: _Facts) -> tuple[str, tuple[str, ...], str | None]:
@@ -162,14 +187,12 @@ def _check(kind: str, spec: Any, facts: _Facts) -> tuple[str, tuple[str, ...], s
         return _measurement(spec, facts)
     if kind == "measurement_present":
         found = [
-            (i, m)
-            for i, m in _measurements(facts, spec.source, spec.names)
-            if facts.within(m.date, spec.within_days)
+            (i, m) for i, m in _measurements(facts, spec) if facts.within(m.date, spec.within_days)
         ]
         paths = [f"clinical.{spec.source}[{i}]" for i, _ in found]
         return _result("met" if len(found) >= spec.count else "insufficient", paths)
     if kind == "measurement_change":
-        found = sorted(_measurements(facts, spec.source, spec.names), key=lambda p: p[1].date)
+        found = sorted(_measurements(facts, spec), key=lambda p: p[1].date)
         if len(found) < 2:
             return _result("insufficient", [f"clinical.{spec.source}[{i}]" for i, _ in found])
         (i0, first), (i1, last) = found[0], found[-1]
@@ -203,16 +226,11 @@ def _check(kind: str, spec: Any, facts: _Facts) -> tuple[str, tuple[str, ...], s
         verdict = "met" if len(found) >= spec.count else "insufficient"
         return _result(verdict, [f"clinical.relapses[{i}]" for i in found])
     if kind == "steroid_response":
-        if case.clinical.steroid_response:
-            response, path = case.clinical.steroid_response, "clinical.steroid_response"
-        else:
-            dated = [
-                (r.date, i, r) for i, r in enumerate(case.clinical.relapses) if r.steroid_response
-            ]
-            if not dated:
-                return _result("insufficient", ["clinical.steroid_response"])
-            _, i, relapse = max(dated)
-            response, path = relapse.steroid_response, f"clinical.relapses[{i}].steroid_response"
+        # The current episode's response (clinical.steroid_response), else the latest relapse's:
+        # an older relapse's response says nothing about the one being treated.
+        response, path = steroid_fact(case)
+        if response is None:
+            return _result("insufficient", ["clinical.steroid_response"])
         verdict = "met" if response in spec.any_of else "not_met"
         return _result(verdict, [path], f"steroid response: {response.replace('_', ' ')}")
     if kind == "pregnancy_status":
@@ -258,9 +276,7 @@ def _check(kind: str, spec: Any, facts: _Facts) -> tuple[str, tuple[str, ...], s
 
 def _measurement(spec: Any, facts: _Facts) -> tuple[str, tuple[str, ...], str | None]:
     found = [
-        (i, m)
-        for i, m in _measurements(facts, spec.source, spec.names)
-        if facts.within(m.date, spec.within_days)
+        (i, m) for i, m in _measurements(facts, spec) if facts.within(m.date, spec.within_days)
     ]
     paths = [f"clinical.{spec.source}[{i}]" for i, _ in found]
     if len(found) < spec.count:
@@ -294,11 +310,11 @@ def _measurement(spec: Any, facts: _Facts) -> tuple[str, tuple[str, ...], str | 
     return _result("met" if len(chosen) >= spec.count else "not_met", paths, detail)
 
 
-def _request(criterion: Criterion) -> str:
+def _request(criterion: Criterion, check: Any) -> str:
     """The document request for an insufficient criterion, in the coordinator's terms."""
     if criterion.request:
-        return f"Criterion {criterion.id}: {criterion.request}"
-    kind, spec = criterion.check.kind, criterion.check.spec
+        return f"Criterion {criterion.id}: {policy_wording(criterion.request)}"
+    kind, spec = check.kind, check.spec
     missing = {
         "diagnosis_confirmed_by": "the diagnosis has no `confirmed_by` (who confirmed it)",
         "situation": "no `clinical_situation` is given",
@@ -316,21 +332,28 @@ def _request(criterion: Criterion) -> str:
         + " or ".join(f"`{k}`" for k in getattr(spec, "kinds", ())),
         "field": f"`{getattr(spec, 'path', '')}` is empty",
     }.get(kind, "the case does not show it")
-    return f"Criterion {criterion.id}: {criterion.text.rstrip('.')} — {missing}"
+    return f"Criterion {criterion.id}: {criterion.wording.rstrip('.')} — {missing}"
 
 
 def _walk(node: Criterion | Group, facts: _Facts, items: list[Item]) -> str:
     if isinstance(node, Criterion):
-        verdict, evidence, detail = _check(node.check.kind, node.check.spec, facts)
+        results = [_check(c.kind, c.spec, facts) for c in node.all_checks()]
+        verdict = combine([r[0] for r in results], "all")
+        evidence = tuple(dict.fromkeys(e for r in results for e in r[1]))
+        detail = "; ".join(r[2] for r in results if r[2]) or None
+        first_gap = next(
+            (c for c, r in zip(node.all_checks(), results, strict=True) if r[0] == "insufficient"),
+            None,
+        )
         if verdict == "insufficient" and node.absent == "not_met":
             verdict = "not_met"
         items.append(
             Item(
                 node.id,
-                node.text,
+                node.wording,
                 verdict,
                 evidence,
-                _request(node) if verdict == "insufficient" else None,
+                _request(node, first_gap) if verdict == "insufficient" else None,
                 detail,
             )
         )

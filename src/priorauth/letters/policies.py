@@ -6,6 +6,7 @@ It reads and checks files and picks a policy; it judges nothing about a case (cr
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +36,8 @@ class AnyOfCheck(_Frozen):
 class MeasurementCheck(_Frozen):
     source: Literal["labs", "scores"] = "labs"
     names: tuple[str, ...] = Field(min_length=1)
+    # names that contain a needle but are another test (IgG subclass 4 is not total IgG)
+    exclude: tuple[str, ...] = ("subclass",)
     unit: str | None = None
     below: Decimal | None = None
     at_most: Decimal | None = None
@@ -57,6 +60,8 @@ class MeasurementCheck(_Frozen):
 class MeasurementPresentCheck(_Frozen):
     source: Literal["labs", "scores"] = "scores"
     names: tuple[str, ...] = Field(min_length=1)
+    # names that contain a needle but are another test (IgG subclass 4 is not total IgG)
+    exclude: tuple[str, ...] = ("subclass",)
     count: int = Field(1, ge=1)
     within_days: int | None = Field(None, ge=1)
 
@@ -64,6 +69,8 @@ class MeasurementPresentCheck(_Frozen):
 class MeasurementChangeCheck(_Frozen):
     source: Literal["labs", "scores"] = "scores"
     names: tuple[str, ...] = Field(min_length=1)
+    # names that contain a needle but are another test (IgG subclass 4 is not total IgG)
+    exclude: tuple[str, ...] = ("subclass",)
     direction: Literal["decrease", "increase"]
     min_change: Decimal = Field(gt=0)
 
@@ -140,11 +147,40 @@ class Check(_Frozen):
 
 
 class Criterion(_Frozen):
+    """One criterion of a policy: its wording and the case facts that satisfy it.
+
+    `check` names one fact; `checks` several that must all hold (a criterion such as "RRMS
+    confirmed by a neurologist" is two facts: the code and who confirmed it). The letter answers
+    a criterion only when every fact behind its whole wording is met."""
+
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
     text: str = Field(min_length=1, description="The policy's own wording.")
-    check: Check
+    check: Check | None = None
+    checks: tuple[Check, ...] = ()
     absent: Literal["insufficient", "not_met"] = "insufficient"
     request: str | None = Field(None, description="How to word the document request.")
+
+    @model_validator(mode="after")
+    def _some_check(self) -> Criterion:
+        if (self.check is None) == (not self.checks):
+            raise ValueError(f"criterion {self.id}: give exactly one of `check` or `checks`")
+        return self
+
+    def all_checks(self) -> tuple[Check, ...]:
+        return (self.check,) if self.check is not None else self.checks
+
+    @property
+    def wording(self) -> str:
+        """The text as printed: our provenance marks ("(paraphrased)", "(synthetic)") removed."""
+        return policy_wording(self.text)
+
+
+def policy_wording(text: str) -> str:
+    """A criterion's wording without the marks our policy files use for provenance."""
+    text = re.sub(r"\s*\((?:paraphrased|synthetic)\)", "", text)
+    text = re.sub(r"\s+([).,;:])", r"\1", text)
+    text = re.sub(r"\(\s+", "(", text)
+    return re.sub(r"\s{2,}", " ", text).strip()
 
 
 class Group(_Frozen):

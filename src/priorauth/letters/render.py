@@ -284,10 +284,15 @@ def _evidence(ctx: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
 
 
 def _duration(start: date, end: date) -> str:
-    months = (end.year - start.year) * 12 + end.month - start.month
-    if months >= 1:
-        return plural(months, "month")
-    return plural((end - start).days + 1, "day")
+    """Whole months completed (Aug 22 → Oct 3 is 1 month, 42 days: not 2 calendar months);
+    under 2 months in weeks, under 2 weeks in days."""
+    days = (end - start).days + 1
+    if days < 14:
+        return plural(days, "day")
+    if days < 61:
+        return plural(days // 7, "week")
+    months = (end.year - start.year) * 12 + end.month - start.month - (end.day < start.day)
+    return plural(months, "month")
 
 
 def _prior_therapies(ctx: dict[str, Any]) -> Table | None:

@@ -17,15 +17,23 @@ from typing import Any
 import jinja2
 
 from priorauth.codes import icd_title as codes_title
+from priorauth.letters.criteria import steroid_fact
 from priorauth.letters.grounding import Ledger, resolve
 
 SECTION_MARK = re.compile(r"^@@([a-z_]+)\s*$")
 
 SITE_LABELS = {
     "infusion_center": "ambulatory infusion center",
-    "home": "home infusion with skilled nursing",
+    "home": "home infusion",
     "physician_office": "physician office",
     "hospital_outpatient": "hospital outpatient department",
+}
+# "Treatment will be given …" (a setting says where, never who: home nursing is the rationale's)
+SITE_PHRASES = {
+    "infusion_center": "in an ambulatory infusion center",
+    "home": "at home (home infusion)",
+    "physician_office": "in a physician office",
+    "hospital_outpatient": "in a hospital outpatient department",
 }
 OUTCOME_LABELS = {
     "failure": "Failure",
@@ -68,7 +76,7 @@ def plain_number(value: Decimal | float | int) -> str:
 def frequency_text(interval_days: int | None, days_per_course: int) -> str:
     days = f"over {days_per_course} consecutive days" if days_per_course > 1 else "as one infusion"
     if interval_days is None:
-        return f"one course {days}"
+        return f"a single course {'given ' if days_per_course == 1 else ''}{days}"
     if interval_days % 7 == 0:
         weeks = interval_days // 7
         every = "every week" if weeks == 1 else f"every {weeks} weeks"
@@ -205,6 +213,35 @@ def vials_text(vials: Any) -> str:
     return " + ".join(f"{v.count} × {plain_number(v.size_g)} g" for v in vials)
 
 
+def as_given(value: Decimal) -> str:
+    """A measured value as recorded: EDSS 4.0 stays 4.0 (plain_number would print 4)."""
+    return format(value, "f")
+
+
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+def month_year(value: str | None) -> str:
+    """'2022-04' → 'April 2022' (a label's revision month); '' when unknown."""
+    if not value or not re.fullmatch(r"\d{4}-\d{2}", value):
+        return value or ""
+    year, month = value.split("-")
+    return f"{MONTHS[int(month) - 1]} {year}"
+
+
 def plural(count: int, one: str, many: str | None = None) -> str:
     """'1 course', '2 courses' (or the given plural)."""
     return f"{count:,} {one if count == 1 else (many or one + 's')}"
@@ -270,9 +307,12 @@ def regimen_text(phases: list[tuple[str, Any]]) -> str:
     """'1 g/kg per course (every 3 weeks, over 2 consecutive days)', or loading then maintenance."""
     parts = []
     for label, dose in phases:
+        g_per_kg = plain_number(dose.g_per_kg_per_course)
+        frequency = frequency_text(dose.interval_days, dose.days_per_course)
         text = (
-            f"{plain_number(dose.g_per_kg_per_course)} g/kg per course "
-            f"({frequency_text(dose.interval_days, dose.days_per_course)})"
+            f"{g_per_kg} g/kg as {frequency}"
+            if dose.interval_days is None
+            else f"{g_per_kg} g/kg per course ({frequency})"
         )
         parts.append(f"{label.lower()} {text}" if label else text)
     return ", then ".join(parts)
@@ -291,10 +331,10 @@ def describe_evidence(case: Any, catalog: Any, path: str) -> str | None:
     if path == "diagnoses[0].confirmed_by":
         return f"confirmed by {value}"
     if path == "prescriber.specialty":
-        return f"prescribed by a specialist in {value.lower()}"
+        return f"prescribed by a specialist in {value[:1].lower() + value[1:]}"
     if path.startswith(("clinical.labs[", "clinical.scores[")):
         unit = f" {value.unit}" if value.unit else ""
-        return f"{value.name} {plain_number(value.value)}{unit} on {long_date(value.date)}"
+        return f"{value.name} {as_given(value.value)}{unit} on {long_date(value.date)}"
     if head == "prior_therapies":
         return f"{value.drug} ({OUTCOME_LABELS[value.outcome].lower()}: {value.reason})"
     if path.startswith("clinical.relapses[") and not path.endswith("steroid_response"):
@@ -332,8 +372,7 @@ def criteria_answers(evaluation: Any, case: Any, catalog: Any) -> list[dict[str,
         documented = "; ".join(dict.fromkeys(said)) or item.detail
         if not documented or not item.evidence:
             continue
-        # "(paraphrased)" / "(synthetic)" mark provenance in our policy files, not payer wording
-        text = re.sub(r"\s*\((paraphrased|synthetic)\)\s*", " ", item.text).strip()
+        text = item.text  # already without our provenance marks (policies.policy_wording)
         answers.append(
             {
                 "id": item.id,
@@ -381,15 +420,9 @@ def letter_context(
     site_label = SITE_LABELS[case.site_of_care.setting]
     primary = case.diagnoses[0]
     title = codes_title(primary.code) or indication.name
-    steroid_path, steroid_response = None, None
-    if clinical.steroid_response:
-        steroid_path, steroid_response = "clinical.steroid_response", clinical.steroid_response
-    else:
-        dated = [(r.date, i, r) for i, r in enumerate(clinical.relapses) if r.steroid_response]
-        if dated:
-            _, i, relapse = max(dated)
-            steroid_path = f"clinical.relapses[{i}].steroid_response"
-            steroid_response = relapse.steroid_response
+    steroid_response, steroid_path = steroid_fact(case)
+    if steroid_response is None:
+        steroid_path = None
     exchange = next(
         (
             (i, t)
@@ -422,9 +455,14 @@ def letter_context(
     igg = [
         (i, lab)
         for i, lab in enumerate(clinical.labs)
-        if "igg" in lab.name.lower().replace(" ", "")
+        if "igg" in lab.name.lower().replace(" ", "") and "subclass" not in lab.name.lower()
     ]
     latest_relapse = max(clinical.relapses, key=lambda r: r.date) if clinical.relapses else None
+    claims = (
+        catalog.evidence.claims_for(indication.id, case.clinical_situation, product.id)
+        if indication.fits(primary.code)
+        else []
+    )
     return {
         "case": case,
         "patient": {
@@ -452,11 +490,12 @@ def letter_context(
         .replace(" ", "-")
         .rstrip("s"),
         "indication": indication,
-        "labelled": product.labelled_for(indication.id),
+        # the label speaks of an indication; a primary code outside it is not that indication
+        "labelled": product.labelled_for(indication.id) and indication.fits(primary.code),
+        "label_date": month_year(product.label.date),
         "situation": indication.situations.get(case.clinical_situation or ""),
-        "claims_here": catalog.evidence.claims_for(
-            indication.id, case.clinical_situation, product.id
-        ),
+        "claims_here": claims,
+        "supporting_claims": [c for c in claims if c.strength != "negative_rct"],
         "primary_dx": primary,
         "primary_title": title,
         "primary_title_lower": title[:1].lower() + title[1:],
@@ -478,14 +517,14 @@ def letter_context(
         "activity_text": "; ".join(activity),
         "igg_paths": [f"clinical.labs[{i}]" for i, _ in igg],
         "igg_text": "; ".join(
-            f"{plain_number(lab.value)}{' ' + lab.unit if lab.unit else ''} on {long_date(lab.date)}"
+            f"{as_given(lab.value)}{' ' + lab.unit if lab.unit else ''} on {long_date(lab.date)}"
             for _, lab in igg
         ),
         "evaluation": evaluation,
         "criteria_answers": criteria_answers(evaluation, case, catalog),
         "site": {
             "label": site_label,
-            "label_with_article": ("an " if site_label[0] in "aeiou" else "a ") + site_label,
+            "phrase": SITE_PHRASES[case.site_of_care.setting],
         },
         "dose": dose,
         "phases": phases,
