@@ -18,7 +18,11 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -69,7 +73,18 @@ def generate_letters(paths: list[str], out_dir: str | None = None) -> dict:
         try:
             chunks = [[str(p) for p in chunk] for chunk in chunked(files, size)]
             futures = generate_chunk.map(chunks)
-            results = [result for future in futures for result in future.result()]
+            # progress for the UI: a fraction of cases done, updated as chunks finish (in order)
+            progress = create_progress_artifact(
+                progress=0.0, description=f"Letters: 0 of {len(files)} cases"
+            )
+            results = []
+            for future in futures:
+                results += future.result()
+                update_progress_artifact(
+                    progress,
+                    progress=round(100 * len(results) / len(files), 1),
+                    description=f"Letters: {len(results)} of {len(files)} cases",
+                )
         finally:
             _runner = None
     cases = [

@@ -240,3 +240,69 @@ def test_every_policy_file_loads_and_cites_its_source(catalog) -> None:
     for payer in catalog.payers.values():
         rules = catalog.plan_types[payer.plan_type]
         assert payer.policies or rules.policies, payer.id
+
+
+def test_published_policy_schema_is_current() -> None:
+    import json
+
+    from priorauth.letters.policies import policy_json_schema
+
+    published = json.loads((ROOT / "docs" / "policy.schema.json").read_text(encoding="utf-8"))
+    assert published == policy_json_schema(), (
+        "run: priorauth schema --policy --out docs/policy.schema.json"
+    )
+
+
+def test_a_criterion_with_several_checks_needs_them_all(catalog) -> None:
+    both = {
+        "all": [
+            {
+                "id": "C-1",
+                "text": "RRMS confirmed by a neurologist.",
+                "checks": [
+                    {"diagnosis": {"codes": ["G35.A"]}},
+                    {"diagnosis_confirmed_by": {"any_of": ["neurolog"]}},
+                ],
+            }
+        ]
+    }
+    ev = judge(catalog, policy(both))
+    assert ev.verdict == "met"
+    assert set(ev.items[0].evidence) == {"diagnoses[0].code", "diagnoses[0].confirmed_by"}
+    progressive = judge(catalog, policy(both), **{"diagnoses.0.code": "G35.B1"})
+    assert progressive.verdict == "not_met"  # confirmed by a neurologist, but not RRMS
+    with pytest.raises(ValueError, match="exactly one of `check` or `checks`"):
+        policy(
+            {
+                "all": [
+                    {
+                        "id": "C-2",
+                        "text": "x",
+                        "check": {"renewal": {}},
+                        "checks": [{"renewal": {}}],
+                    }
+                ]
+            }
+        )
+
+
+def test_igg_subclasses_are_not_total_igg(catalog) -> None:
+    labs = [
+        {"date": "2026-08-01", "name": "IgG subclass 4", "value": 5, "unit": "mg/dL"},
+        {"date": "2026-09-15", "name": "Serum IgG", "value": 410, "unit": "mg/dL"},
+    ]
+    spec = {"names": ["IgG"], "unit": "mg/dL", "below": 500, "count": 2}
+    ev = judge(catalog, policy(one({"measurement": spec})), **{"clinical.labs": labs})
+    assert ev.verdict == "insufficient"  # one total IgG, not two
+
+
+def test_provenance_marks_are_not_printed() -> None:
+    from priorauth.letters.policies import policy_wording
+
+    assert policy_wording("A baseline (EDSS) within 120 days (synthetic).") == (
+        "A baseline (EDSS) within 120 days."
+    )
+    assert (
+        policy_wording("(paraphrased) Prescribed by a neurologist.")
+        == "Prescribed by a neurologist."
+    )

@@ -94,6 +94,7 @@ def test_flow_run_generates_every_fixture_and_keeps_phi_out_of_prefect(harness, 
 
     stored = asyncio.run(prefect_records())
     assert set(json.loads(stored)["parameters"]) == {"paths", "out_dir"}
+    assert 100.0 in json.loads(stored)["artifacts"]  # the run's progress artifact, complete
     assert "MS-1001" in stored  # case IDs are what Prefect sees
     leaked = [s for s in _phi_strings() if s in stored]
     assert leaked == []
@@ -124,7 +125,7 @@ def test_nightly_flow_run(harness, tmp_path: Path, monkeypatch) -> None:
     assert summary["by_status"] == {"ready": 4, "needs_info": 1}  # CIDP-2010 lacks its NCS report
     assert summary["needs_info"] == ["CIDP-2010"]
     assert summary["quarantined"] == 1
-    assert summary["responses"] == {"file set aside": 1}
+    assert summary["set_aside"]["payer file: unreadable"] == 1  # every kind counted
     assert (home / "quarantine" / "garbage.json.reason.txt").exists()
     assert (home / "priorauth.sqlite3").exists()
     assert len(list((home / "letters").glob("*/packet.pdf"))) == 5

@@ -204,3 +204,68 @@ def test_false_claims_of_old_letters_are_gone(fixture_letters) -> None:
     for case_id, (_case, letter) in fixture_letters.items():
         text = _text(letter.letter_pdf)
         assert [b for b in banned if b in text] == [], case_id
+
+
+MINIMAL = {
+    "case_id": "MS-9001",
+    "indication": "ms",
+    "clinical_situation": "dmt_failure",
+    "prepared_on": "2026-11-20",
+    "patient": {
+        "first_name": "Ana",
+        "last_name": "Reyes",
+        "date_of_birth": "1990-01-01",
+        "sex": "F",
+        "height": {"value": 160, "unit": "cm"},
+        "weight": {"value": 60, "unit": "kg"},
+    },
+    "coverage": {"payer_id": "summit-health-commercial", "member_id": "X1"},
+    "prescriber": {
+        "first_name": "Li",
+        "last_name": "Chen",
+        "credentials": "MD",
+        "specialty": "Neurology",
+        "npi": "1234567893",
+        "practice": "P",
+        "address": ["1 A St"],
+        "phone": "1",
+        "fax": "2",
+    },
+    "diagnoses": [{"code": "G35.A"}],
+    "clinical": {"history": "Ms. Reyes has MS."},
+    "request": {"product_id": "privigen", "g_per_kg_per_course": 0.4},
+    "site_of_care": {"setting": "home"},
+}
+
+
+def test_a_case_written_from_the_docs_with_required_fields_only_says_nothing_more(bench) -> None:
+    """The case a new user writes from docs/case-format.md with only the required fields: every
+    patient sentence rests on those fields, and nothing the case does not hold is stated."""
+    letter = _render(bench, MINIMAL, CASES)
+    text = _text(letter.letter_pdf)
+    fields = {f for s in letter.claims for f in s.get("fields", [])}
+    optional = {
+        "diagnoses[0].confirmed_by",
+        "clinical.relapses",
+        "clinical.mri",
+        "clinical.treatment_goals",
+        "prior_therapies",
+        "site_of_care.rationale",
+        "clinical.pregnancy_status",
+    }
+    assert fields & optional == set()
+    for phrase in (  # the patient sentences those optional fields would ground
+        "The diagnosis was confirmed by",
+        "documented relapse",
+        "The most recent MRI",
+        "Objective response measures",
+        "The table above lists",
+        "skilled nursing",
+        "is pregnant",
+        "diagnosed on",
+    ):
+        assert phrase.lower() not in text.lower(), phrase
+    assert "Ms. Reyes has MS." in text  # the history, as written
+    assert "at home (home infusion)" in text
+    assert "This is a request for off-label use" in text  # no IVIG is labelled for MS
+    assert letter.evaluation is not None and letter.evaluation.needs_documents  # → needs_info

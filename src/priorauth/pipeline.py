@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -497,11 +497,26 @@ class BatchRunner:
             _run_chunk, [str(p) for p in paths], str(self.out_dir), self.keep_records
         )
 
-    def run(self, paths: Iterable[Path]) -> list[CaseResult]:
-        """Every case, chunk by chunk over all workers, results in input order."""
+    def run(
+        self, paths: Iterable[Path], on_progress: Callable[[int], None] | None = None
+    ) -> list[CaseResult]:
+        """Every case, chunk by chunk over all workers, results in input order.
+
+        `on_progress(cases_done)` is called as chunks finish (in any order)."""
         paths = list(paths)
         if self._pool is None:
-            return self.run_chunk(paths)
+            size = max(1, min(self.settings.chunk_size, 25))
+            results: list[CaseResult] = []
+            for chunk in chunked(paths, size):
+                results += self.run_chunk(chunk)
+                if on_progress:
+                    on_progress(len(results))
+            return results
         size = max(1, min(self.settings.chunk_size, -(-len(paths) // (self.settings.workers * 4))))
         futures = [self._submit(chunk) for chunk in chunked(paths, size)]
+        if on_progress:
+            done = 0
+            for future in as_completed(futures):
+                done += len(future.result())
+                on_progress(done)
         return [result for future in futures for result in future.result()]

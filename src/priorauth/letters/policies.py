@@ -274,6 +274,14 @@ class Policy(_Frozen):
         return out
 
 
+def policy_json_schema() -> dict[str, Any]:
+    """The published JSON Schema of a payer policy file (docs/policy.schema.json)."""
+    schema = Policy.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/priorauth/priorauth/docs/policy.schema.json"
+    return schema
+
+
 def load_policies(reference_dir: Path) -> dict[str, tuple[Policy, ...]]:
     """Every policy file under `reference_dir/policies`, by policy_id (versions newest first).
 

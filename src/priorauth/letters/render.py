@@ -53,7 +53,14 @@ from priorauth.letters.page import (
     plural,
     unit_text,
 )
-from priorauth.letters.wording import Section, fixed, long_date, plain_number, short_date
+from priorauth.letters.wording import (
+    Section,
+    fixed,
+    frequency_text,
+    long_date,
+    plain_number,
+    short_date,
+)
 
 
 def _q2(value: Decimal) -> str:
@@ -118,20 +125,6 @@ def _dose_rows(dose: Any, product: Any) -> list[tuple[str, str]]:
     ]
 
 
-def _frequency(dose: Any) -> str:
-    days = dose.days_per_course
-    given = f"over {days} consecutive days" if days > 1 else "as one infusion"
-    interval = dose.interval_days
-    if interval is None:
-        return f"one course, {given}"
-    if interval % 7 == 0:
-        weeks = interval // 7
-        every = "every week" if weeks == 1 else f"every {weeks} weeks"
-    else:
-        every = "every day" if interval == 1 else f"every {interval} days"
-    return f"{every}, {given}"
-
-
 def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -166,7 +159,9 @@ def _request_summary(ctx: dict[str, Any], s: dict[str, ParagraphStyle]) -> Table
             spans.append(len(rows))
             rows.append((f"{label} phase", ""))
         rows += [(k, _cell(v)) for k, v in _dose_rows(dose, product)]
-        rows.append(("Frequency", _cell(_capital(_frequency(dose)))))
+        rows.append(
+            ("Frequency", _cell(_capital(frequency_text(dose.interval_days, dose.days_per_course))))
+        )
         if label:
             rows.append(("Units requested", _cell(_units_in_authorization(dose))))
     first = phases[0][1]
@@ -263,7 +258,7 @@ def _evidence(ctx: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
         items.append((m.date, [short_date(m.date), "MRI", _cell(m.summary)]))
     for item in [*clinical.scores, *clinical.labs]:
         unit = unit_text(item.unit)
-        value = f"{plain_number(item.value)} {unit}".rstrip()
+        value = f"{format(item.value, 'f')} {unit}".rstrip()  # as recorded: EDSS 4.0 stays 4.0
         items.append((item.date, [short_date(item.date), _cell(item.name), _cell(value)]))
     items.sort(key=lambda pair: pair[0])  # stable: same-day items keep their order
     extra = []

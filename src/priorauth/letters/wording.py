@@ -81,7 +81,7 @@ def frequency_text(interval_days: int | None, days_per_course: int) -> str:
         weeks = interval_days // 7
         every = "every week" if weeks == 1 else f"every {weeks} weeks"
     else:
-        every = f"every {interval_days} days"
+        every = "every day" if interval_days == 1 else f"every {interval_days} days"
     return f"{every}, {days}"
 
 
