@@ -23,6 +23,12 @@ Every name is synthetic and everything lives in the temporary folder.
     .venv/bin/python bench/bench_portal.py --server-workers 2   # priorauth serve --workers 2
     .venv/bin/python bench/bench_portal.py --json out/portal.json
     .venv/bin/python bench/bench_portal.py --profile            # + in-process query timings/profile
+    .venv/bin/python bench/bench_portal.py --scenarios storm    # sign-in storm (below)
+
+storm: 10 clients read the queue (400 pages in all), first on their own, then while 10 other
+clients post wrong passwords back to back (half for real accounts, half for unknown names), each
+batch of 19 from its own loopback source address so the per-address refusal never saves a hash;
+reports the queue's p99 in both phases (the target: during <= 2x idle) and the storm's answers.
 """
 
 from __future__ import annotations
@@ -334,10 +340,12 @@ class Client:
     def __init__(self, port: int, username: str) -> None:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
-        body = urllib.parse.urlencode({"username": username, "password": PASSWORD})
-        self.conn.request(
-            "POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"}
+        token, pre_session = login_form(self.conn)
+        body = urllib.parse.urlencode(
+            {"username": username, "password": PASSWORD, "login_token": token}
         )
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": pre_session}
+        self.conn.request("POST", "/login", body, headers)
         response = self.conn.getresponse()
         response.read()
         cookie = response.getheader("Set-Cookie") or ""
@@ -368,6 +376,19 @@ class Client:
 
 
 COUNT = re.compile(rb'<p class="count">([\d,]+) case')
+LOGIN_TOKEN = re.compile(rb'name="login_token" value="([^"]+)"')
+
+
+def login_form(conn: http.client.HTTPConnection) -> tuple[str, str]:
+    """GET /login as a browser does: the form's token and the pre-session cookie it is bound to."""
+    conn.request("GET", "/login")
+    response = conn.getresponse()
+    body = response.read()
+    found = LOGIN_TOKEN.search(body)
+    cookie = (response.getheader("Set-Cookie") or "").split(";", 1)[0]
+    if response.status != 200 or not found or not cookie:
+        raise RuntimeError(f"no sign-in form: HTTP {response.status}")
+    return found.group(1).decode(), cookie
 
 
 def check_queue(path: str, status: int, headers: dict[str, str], body: bytes) -> str | None:
@@ -558,6 +579,115 @@ def download_plan(
     return plan
 
 
+# ---- sign-in storm ---------------------------------------------------------------------------
+
+STORM_MAX_S = 300  # the storm stops when the readers are done, or after this long at most
+ADDRESS_BUDGET = 19  # attempts per source address, under the portal's 20 per 15 minutes
+
+
+def storm_address(client: int, batch: int) -> str:
+    """A loopback source address of its own for each batch of one storm client (Linux routes all
+    of 127.0.0.0/8 to lo): like a botnet, so the portal's per-address refusal (which answers
+    without hashing) never kicks in and every attempt costs a full argon2 check."""
+    return f"127.{10 + client}.{batch // 250}.{1 + batch % 250}"
+
+
+def sign_in_storm(
+    port: int, n_clients: int, stop: threading.Event, users: list[str]
+) -> dict[str, Any]:
+    """`n_clients` threads post wrong passwords back to back until `stop` (or STORM_MAX_S):
+    half for real accounts, half for names that do not exist."""
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + STORM_MAX_S
+
+    def attacker(i: int) -> None:
+        mine: Counter[str] = Counter()
+        took: list[float] = []
+        batch = sent = 0
+        conn = None
+        while not stop.is_set() and time.monotonic() < deadline:
+            if conn is None or sent == ADDRESS_BUDGET:
+                if conn is not None:
+                    conn.close()
+                conn = http.client.HTTPConnection(
+                    "127.0.0.1",
+                    port,
+                    timeout=TIMEOUT_S,
+                    source_address=(storm_address(i, batch), 0),
+                )
+                batch, sent = batch + 1, 0
+                try:
+                    token, pre_session = login_form(conn)
+                except Exception as exc:
+                    mine[type(exc).__name__] += 1
+                    conn = None
+                    continue
+            name = users[sent % len(users)] if sent % 2 else f"nobody{i}x{batch}x{sent}"
+            body = urllib.parse.urlencode(
+                {"username": name, "password": "wrong password, storm", "login_token": token}
+            )
+            headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": pre_session}
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/login", body, headers)
+                response = conn.getresponse()
+                response.read()
+                mine[str(response.status)] += 1
+                took.append(time.perf_counter() - t)
+            except Exception as exc:
+                mine[type(exc).__name__] += 1
+                conn.close()
+                conn = None
+            sent += 1
+        if conn is not None:
+            conn.close()
+        with lock:
+            statuses.update(mine)
+            latencies.extend(took)
+
+    threads = [threading.Thread(target=attacker, args=(i,), daemon=True) for i in range(n_clients)]
+    for thread in threads:
+        thread.start()
+    return {"threads": threads, "statuses": statuses, "latencies": latencies}
+
+
+def run_storm(
+    built: Built, clients: list[Client], port: int, server_pid: int, n: int, per: int
+) -> dict[str, Any]:
+    """Queue p99 for `n` readers, idle and then while `n` other clients post wrong passwords."""
+    readers = clients[:n]
+    idle = run_scenario("storm: queue idle", readers, queue_plan(built, n, per), server_pid)
+    stop = threading.Event()
+    storm = sign_in_storm(port, n, stop, built.users)
+    time.sleep(2)  # the storm is under way before the readers start
+    during = run_scenario("storm: queue during", readers, queue_plan(built, n, per), server_pid)
+    stop.set()
+    for thread in storm["threads"]:
+        thread.join(timeout=TIMEOUT_S + 5)
+    attempts = summarize(storm["latencies"])
+    ratio = during["all"]["p99_ms"] / idle["all"]["p99_ms"]
+    result = {
+        "readers": n,
+        "attackers": n,
+        "idle": idle,
+        "during": during,
+        "queue_p99_ratio": ratio,
+        "storm_answers": dict(storm["statuses"]),
+        "storm_sign_in_latency": attempts,
+    }
+    print(
+        f"sign-in storm: queue p99 idle {idle['all']['p99_ms']:.1f} ms, during the storm "
+        f"{during['all']['p99_ms']:.1f} ms ({ratio:.2f}x; target <= 2x); median "
+        f"{idle['all']['median_ms']:.1f} -> {during['all']['median_ms']:.1f} ms; storm answers "
+        f"{dict(storm['statuses'])} (401 = hashed and refused), sign-in median "
+        f"{attempts['median_ms']:.0f} ms",
+        flush=True,
+    )
+    return result
+
+
 def audit_downloads(home: Path) -> int:
     from sqlalchemy import func, select
 
@@ -744,7 +874,16 @@ def main() -> int:
     parser.add_argument(
         "--scenarios",
         default="baseline,A,B",
-        help="comma list of baseline, A (queue), B (download)",
+        help="comma list of baseline, A (queue), B (download), storm (sign-in storm)",
+    )
+    parser.add_argument(
+        "--storm-clients",
+        type=int,
+        default=10,
+        help="storm: readers, and as many clients posting wrong passwords",
+    )
+    parser.add_argument(
+        "--storm-requests", type=int, default=400, help="storm: queue pages per phase, in all"
     )
     args = parser.parse_args()
     if args.requests % args.clients:
@@ -842,6 +981,12 @@ def main() -> int:
                 )
             )
             downloads_sent += scenarios[-1]["ok"]
+        if "storm" in wanted:
+            n = min(args.storm_clients, len(clients))
+            results["storm"] = run_storm(
+                built, clients, port, proc.pid, n, max(1, args.storm_requests // n)
+            )
+            scenarios.extend([results["storm"]["idle"], results["storm"]["during"]])
         results["server_peak_rss_mib"] = rss_mib(proc.pid)
         peaks = ", ".join(f"{mib:.0f}" for mib in results["server_peak_rss_mib"])
         print(f"server peak RSS {peaks} MiB")

@@ -14,8 +14,16 @@ import os
 import sys
 from pathlib import Path
 
+from priorauth.settings import load_settings
+
 # No usage telemetry from a system that handles PHI (and this network has no route out anyway).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The temporary server's start limit (Prefect's default, 20 s, fails on a loaded machine: the
+# README's first command did); read when Prefect starts the server, so set before importing it.
+os.environ.setdefault(
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+    str(load_settings().prefect_startup_timeout_s),
+)
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (

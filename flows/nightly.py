@@ -3,28 +3,43 @@ overdue and expiring authorizations, then a table artifact of the night (case ID
 
 Thin: the steps are `priorauth.nightly.run_night`; this flow makes each step, and each chunk of
 new cases, a task run, emits a Prefect event per denial, and publishes the artifact. No
-parameters carry patient data; every step is idempotent, so a re-run after a crash, or a run
-overlapping another, ends in the same state.
+parameters carry patient data; every step is idempotent, so a re-run after a crash ends in the
+same state, and a run overlapping another stops at once (the store's nightly lock). The run
+fails (a failed state, counts and case IDs in its message) when notices failed or payer
+responses have been pending too long, after the artifact is published.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from priorauth.progress import Progress
+from priorauth.settings import load_settings
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The temporary server's start limit (Prefect's default, 20 s, fails first nights on a loaded
+# machine); read by Prefect when it starts the server, so set before prefect is imported.
+os.environ.setdefault(
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+    str(load_settings().prefect_startup_timeout_s),
+)
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from priorauth.nightly import run_night
-from priorauth.settings import load_settings
+from priorauth.nightly import raise_for_failures, run_night
 
 TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -48,13 +63,40 @@ def map_as_tasks(fn: Callable[[list[Path]], Any], chunks: list[list[Path]]) -> l
     return [future.result() for future in futures]
 
 
+def progress_reporter() -> Callable[[int, int], None]:
+    """Progress of the letters step: a Prefect progress artifact (created with the first
+    finished chunk), and a line on standard error when that is a terminal. Counts only."""
+    lock = threading.Lock()
+    state: dict[str, Any] = {}
+
+    def report(done: int, total: int) -> None:
+        with lock:
+            text = f"Nightly letters: {done} of {total} new cases"
+            share = round(100 * done / total, 1)
+            if "artifact" not in state:
+                state["artifact"] = create_progress_artifact(progress=share, description=text)
+                state["terminal"] = Progress(total, what="new cases")
+            else:
+                update_progress_artifact(state["artifact"], progress=share, description=text)
+            state["terminal"].update(done)
+            if done >= total:
+                state["terminal"].close()
+
+    return report
+
+
 @flow(name="nightly", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def nightly_run() -> dict:
     """One night's work over $PRIORAUTH_HOME (intake/, responses/, letters/, quarantine/)."""
     logger = get_run_logger()
     now = datetime.now(UTC)
     report = run_night(
-        load_settings(), now, emit=emit_denial, step=as_task, map_chunks=map_as_tasks
+        load_settings(),
+        now,
+        emit=emit_denial,
+        step=as_task,
+        map_chunks=map_as_tasks,
+        on_progress=progress_reporter(),
     )
     create_table_artifact(
         key="nightly-summary",
@@ -63,6 +105,7 @@ def nightly_run() -> dict:
     )
     summary = report.summary()
     logger.info("night done: %s", summary)
+    raise_for_failures(report)  # a failed run state, after the artifact and the log line
     return summary
 
 

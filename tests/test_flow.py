@@ -139,6 +139,11 @@ def test_nightly_flow_run(harness, tmp_path: Path, monkeypatch) -> None:
                 {
                     "parameters": run.parameters,
                     "artifacts": [a.data for a in artifacts if a.key == "nightly-summary"],
+                    "progress": [
+                        (a.data, a.description)
+                        for a in artifacts
+                        if a.type == "progress" and a.flow_run_id == run.id
+                    ],
                     "logs": [log.message for log in logs],
                 },
                 default=str,
@@ -146,6 +151,8 @@ def test_nightly_flow_run(harness, tmp_path: Path, monkeypatch) -> None:
 
     stored = asyncio.run(records())
     assert json.loads(stored)["parameters"] == {}
+    # the letters step's progress artifact, complete
+    assert json.loads(stored)["progress"] == [[100.0, "Nightly letters: 6 of 6 new cases"]]
     assert "new cases" in stored
     assert [s for s in _phi_strings() if s in stored] == []
 

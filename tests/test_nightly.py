@@ -167,12 +167,16 @@ def test_nightly_fills_the_store_sets_bad_files_aside_and_emails_a_denial_once(t
         now = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
         report = run_night(settings, now)
         assert [d["case_id"] for d in report.denials] == ["MS-1004"]
-        assert (home / "responses" / "processed" / DENIAL.name).exists()
-        # Dropping the same file again and re-running sends nothing more.
+        digest = sha256_file(DENIAL)[:16]
+        assert (home / "responses" / "processed" / f"{digest}-{DENIAL.name}").exists()
+        # Dropping the same file again and re-running sends nothing more; both copies are kept.
         shutil.copy(DENIAL, home / "responses" / DENIAL.name)
         run_night(settings, now)
         run_night(settings, now)
         assert len(smtp.messages) == 1
+        assert (
+            home / "responses" / "processed" / f"{digest}-{DENIAL.stem}-2{DENIAL.suffix}"
+        ).exists()
         mail = smtp.messages[0]
         assert "MS-1004" in mail.text and "EXPERIMENTAL_INVESTIGATIONAL" in mail.text
         # commercial: 180 days from the payer's decision date (BHT04 2026-11-24), not from the

@@ -36,7 +36,7 @@ def _notice(**overrides: object) -> DenialNotice:
         "payer_name": "Summit Health Plan",
         "status": "denied",
         "reason_code": "EXPERIMENTAL_INVESTIGATIONAL",
-        "reason_text": "IVIG is investigational for multiple sclerosis",
+        "reason_meaning": "investigational for this diagnosis",
         "decided_on": DECIDED,
         "appeal_deadline": appeal_deadline(DECIDED, 180),
         "portal_url": "http://127.0.0.1:8000/cases/MS-1001",
@@ -101,7 +101,8 @@ def test_render_notice_lists_every_fact_staff_need() -> None:
         "Case: MS-1001",
         "Payer: Summit Health Plan",
         "Decision: Denied on 2026-11-21",
-        'Reason: EXPERIMENTAL_INVESTIGATIONAL (payer: "IVIG is investigational for multiple sclerosis")',
+        "Reason: EXPERIMENTAL_INVESTIGATIONAL (investigational for this diagnosis); "
+        "the payer's words are in the portal",
         "Appeal deadline: 2027-05-20 (180 days from the 2026-11-21 decision)",
         "Portal: http://127.0.0.1:8000/cases/MS-1001",
     ]
@@ -111,7 +112,7 @@ def test_render_partial_approval_shows_the_authorization_number() -> None:
     notice = _notice(
         status="partially_approved",
         reason_code="DOSE_EXCEEDS_POLICY",
-        reason_text=None,
+        reason_meaning=None,
         certification_number="AUTH-77812",
         appeal_deadline=appeal_deadline(DECIDED, 65),
     )
@@ -119,20 +120,24 @@ def test_render_partial_approval_shows_the_authorization_number() -> None:
     assert title.startswith("Prior auth partially approved: case MS-1001")
     assert "Decision: Partially approved on 2026-11-21" in body
     assert "Authorization number: AUTH-77812" in body
-    assert "Reason: DOSE_EXCEEDS_POLICY\n" in body
+    assert "Reason: DOSE_EXCEEDS_POLICY; the payer's words are in the portal\n" in body
     assert "Appeal deadline: 2027-01-25 (65 days from the 2026-11-21 decision)" in body
 
 
-def test_render_keeps_payer_words_on_one_bounded_line() -> None:
-    words = "Medical necessity\nnot established.\r\n" + "x" * 1000
-    _, body = render_notice(_notice(reason_code=None, reason_text=words))
-    reason = next(line for line in body.splitlines() if line.startswith("Reason:"))
-    assert reason.startswith('Reason: payer: "Medical necessity not established. xxx')
-    assert len(reason) < 330 and reason.endswith('…"')
+def test_a_full_denial_does_not_call_the_payers_number_an_authorization() -> None:
+    _, body = render_notice(_notice(certification_number="SHP-DEN-4410"))
+    assert "Payer reference: SHP-DEN-4410" in body
+    assert "Authorization number" not in body
+
+
+def test_a_notice_has_no_field_for_the_payers_free_text() -> None:
+    # The payer's words may quote the patient: they are shown in the portal only.
+    with pytest.raises(TypeError):
+        _notice(reason_text="Patient Jane Doe, DOB 01/02/1980, member SHP1234")
 
 
 def test_render_without_reason_or_portal_says_so() -> None:
-    _, body = render_notice(_notice(reason_code=None, reason_text=None, portal_url=None))
+    _, body = render_notice(_notice(reason_code=None, reason_meaning=None, portal_url=None))
     assert "Reason: not stated by the payer" in body
     assert "Portal: (no portal link configured)" in body
 
@@ -243,7 +248,7 @@ def test_email_arrives_whole_recognisable_and_without_phi() -> None:
         "Case: MS-1001",
         "Payer: Summit Health Plan",
         "EXPERIMENTAL_INVESTIGATIONAL",
-        "IVIG is investigational for multiple sclerosis",
+        "investigational for this diagnosis",
         "Appeal deadline: 2027-05-20 (180 days from the 2026-11-21 decision)",
         "Portal: http://127.0.0.1:8000/cases/MS-1001",
     ]:

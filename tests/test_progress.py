@@ -29,3 +29,26 @@ def test_progress_is_silent_off_a_terminal_and_draws_on_one() -> None:
     out = shown.getvalue()
     assert out.startswith("\r\033[K") and out.endswith("\n")
     assert "cases 3/3 (100%)" in out
+
+
+def test_the_night_reports_progress_of_its_letters(tmp_path) -> None:
+    import shutil
+    from datetime import UTC, datetime
+
+    from conftest import ATTACHMENTS, CASES
+    from priorauth.nightly import run_night
+    from priorauth.settings import load_settings
+
+    home = tmp_path / "home"
+    (home / "intake").mkdir(parents=True)
+    shutil.copytree(ATTACHMENTS, home / "attachments")
+    names = ["ms-1002.yaml", "cidp-2001.json", "pid-3001.yaml"]
+    for name in names:
+        shutil.copy(CASES / name, home / "intake" / name)
+    calls: list[tuple[int, int]] = []
+    run_night(
+        load_settings(home=home, workers=1, chunk_size=1),
+        datetime(2026, 11, 25, 7, tzinfo=UTC),
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # one call per finished chunk, counts only

@@ -33,6 +33,7 @@ from priorauth.tracking import (
     expiring,
     flag_overdue,
     ingest_response,
+    list_cases,
     record_documents,
     register_case,
     set_status,
@@ -396,11 +397,13 @@ def test_matching_order(store, catalog, settings) -> None:
             now=NOW,
             actor=payer,
         )
+    # A response for no known case is never dropped: kept pending with the reason, retried.
     assert [by_ref.outcome, by_member.outcome, nobody.outcome] == [
         "applied",
         "applied",
-        "unmatched",
+        "pending",
     ]
+    assert nobody.case_id is None and "no case matches" in (nobody.detail or "")
     with store.session() as session:
         view = case_view(session, case_id)
         assert [r["matched_by"] for r in view["payer_responses"]] == [
@@ -447,8 +450,14 @@ def test_rejection_is_not_a_denial(store, catalog, settings) -> None:
     with store.session() as session:
         view = case_view(session, case_id)
         assert view["status"] == "submitted"
-        assert view["payer_responses"][0]["detail"] == "72: invalid member ID"
-        assert session.scalar(select(func.count(NotificationRow.id))) == 0
+        # the code's standard meaning, never the file's own words (free text may quote PHI)
+        assert view["payer_responses"][0]["detail"] == "72: invalid/missing subscriber/insured ID"
+        notices = session.scalars(select(NotificationRow)).all()
+        # no denial notice and no appeal clock: one "correct and resend" notice per channel
+        assert {n.event for n in notices} == {"rejection"} and len(notices) == 2
+        assert all("no appeal clock starts" in n.body for n in notices)
+        assert session.get(CaseRow, case_id).appeal_deadline is None
+        assert list_cases(session)[0]["rejection"] == "72: invalid/missing subscriber/insured ID"
 
 
 def test_overdue_and_expiry(store, catalog, settings) -> None:

@@ -1,7 +1,7 @@
 """The `priorauth` command: a thin shell over the core. Errors become one line and an exit code.
 
 Exit codes: 0 all good; 1 some cases invalid (the valid ones were still written); 2 usage or
-configuration error. A valid case whose payer criteria are insufficient (needs_info: a document
+configuration error; 3 another nightly run holds the lock. A valid case whose payer criteria are insufficient (needs_info: a document
 or fact is missing, the letter is a DRAFT) is not an error: it exits 0 and prints its checklist.
 """
 
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from priorauth.errors import PriorAuthError
+from priorauth.letters.criteria import needs_documents as _needs_documents
+from priorauth.progress import Progress
 from priorauth.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -72,9 +74,11 @@ def letter(case_files: tuple[Path, ...], out_dir: Path, workers: int | None) -> 
     if not paths:
         raise click.UsageError("no case files found")
     settings = settings.model_copy(update={"workers": min(settings.workers, len(paths))})
+    progress = Progress(len(paths))  # on a terminal only (standard error)
     try:
         with BatchRunner(settings, today=run_date(), out_dir=out_dir) as runner:
-            results = runner.run(paths)
+            results = runner.run(paths, on_progress=progress.update)
+        progress.close()
     except PriorAuthError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -352,7 +356,7 @@ def check(case_files: tuple[Path, ...]) -> None:
         errors, criteria = evaluate_case_file(path, bench=bench)
         if errors:
             label = "invalid"
-        elif criteria and criteria.get("verdict") == "insufficient":
+        elif _needs_documents(criteria):
             label = "needs_info"
         else:
             label = "ok"
@@ -373,11 +377,19 @@ def check(case_files: tuple[Path, ...]) -> None:
     default=None,
     help="Write to this file instead of standard output.",
 )
-def schema(out_file: Path | None) -> None:
-    """Print the case file JSON Schema (generated from the models)."""
+@click.option(
+    "--policy",
+    is_flag=True,
+    help="The payer policy file schema (reference/policies/*.yaml) instead of the case file's.",
+)
+def schema(out_file: Path | None, policy: bool) -> None:
+    """Print the case file JSON Schema, or with --policy the payer policy file's (both generated
+    from the models)."""
     from priorauth.domain import case_json_schema
+    from priorauth.letters.policies import policy_json_schema
 
-    text = json.dumps(case_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    made = policy_json_schema() if policy else case_json_schema()
+    text = json.dumps(made, indent=2, ensure_ascii=False) + "\n"
     if out_file:
         out_file.write_text(text, encoding="utf-8")
     else:
@@ -451,6 +463,21 @@ def submit(case_id: str, method: str, reference: str | None, actor: str | None) 
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"{case_id} submitted by {method}; decision due by {due:%Y-%m-%d %H:%M} UTC")
+    _apply_pending(store, settings, catalog, case_id)
+
+
+def _apply_pending(store, settings: Settings, catalog, case_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Payer responses that waited for this case (e.g. a denial faxed back before the
+    submission was recorded) apply now, in the payer's decision-date order; the nightly run
+    sends their notices."""
+    from priorauth.nightly import apply_pending
+
+    outcomes = apply_pending(store, catalog, settings, settings.home, _now(), case_id=case_id)
+    if outcomes.get("applied"):
+        click.echo(
+            f"{case_id}: {outcomes['applied']} payer response(s) that arrived earlier applied "
+            "now; `priorauth status` shows them"
+        )
 
 
 @main.command()
@@ -525,6 +552,7 @@ def status(
                     auth_units=auth_units,
                     decided_on=decided_on.date() if decided_on else None,
                 )
+            _apply_pending(store, settings, catalog, case_id)
             _drain_outbox(store, settings)
         with store.session() as session:
             view = case_view(session, case_id)
@@ -631,11 +659,12 @@ def _drain_outbox(store, settings: Settings) -> None:  # type: ignore[no-untyped
 @click.option("--json", "as_json", is_flag=True)
 def cases(status_filter: str | None, as_json: bool) -> None:
     """List tracked cases."""
-    from priorauth.tracking import list_cases
+    from priorauth.tracking import list_cases, pending_view
 
     settings = _settings()
     with _store(settings).session() as session:
         rows = list_cases(session, status=status_filter)
+        unmatched = [p for p in pending_view(session) if not p["case_id"]]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -643,10 +672,81 @@ def cases(status_filter: str | None, as_json: bool) -> None:
         flag = " OVERDUE" if r["overdue"] else ""
         if r.get("missing"):
             flag += f" missing: {', '.join(r['missing'])}"
+        if r.get("rejection"):
+            flag += f" REJECTED by payer (correct and resend): {r['rejection']}"
+        for why in r.get("pending_responses") or []:
+            flag += f" PAYER RESPONSE WAITING: {why}"
         click.echo(
             f"{r['case_id']:<24} {r['status']:<20} {r['payer_id']:<32} {r['product_id']:<18}{flag}"
         )
     click.echo(f"{len(rows)} case(s)")
+    if unmatched:
+        click.echo(f"{len(unmatched)} payer response(s) match no case yet (kept, retried):")
+        for item in unmatched:
+            click.echo(
+                f"  #{item['id']} {item['file']} (decided {item['decision_date'] or '?'}): "
+                f"{item['reason']}; `priorauth responses dismiss {item['id']} --reason …` "
+                "closes it"
+            )
+
+
+@main.command()
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="First day of the period (default: 365 days before --until).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Day after the period (default: tomorrow, UTC).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Every figure, overall and per payer.")
+def metrics(since: datetime | None, until: datetime | None, as_json: bool) -> None:
+    """Prior-authorization metrics for a period: CMS-0057-F (share approved, denied, approved
+    after appeal; mean and median decision time, standard and expedited), first-pass approval,
+    denials by reason, appeal overturns, days to approval, renewals before expiry."""
+    from datetime import timedelta
+
+    from priorauth.metrics import report
+
+    end = until.date() if until else datetime.now(UTC).date() + timedelta(days=1)
+    start = since.date() if since else end - timedelta(days=365)
+    settings = _settings()
+    with _store(settings).reader() as session:
+        data = report(session, since=start, until=end)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [("overall", data["overall"]), *data["payers"].items()]
+
+    def show(value: object, unit: str = "") -> str:
+        return "—" if value is None else f"{value}{unit}"
+
+    click.echo(f"period {start} to {end} (first determinations; CMS-0057-F definitions)")
+    click.echo(
+        f"{'payer':<32} {'decided':>7} {'approved':>9} {'denied':>7} {'after appeal':>12} "
+        f"{'std h (mean/median)':>20} {'exp h (mean/median)':>20} {'first pass':>10}"
+    )
+    for name, f in rows:
+        click.echo(
+            f"{name:<32} {f['requests_decided']:>7} {show(f['approved_pct'], '%'):>9} "
+            f"{show(f['denied_pct'], '%'):>7} {show(f['approved_after_appeal_pct'], '%'):>12} "
+            f"{show(f['decision_hours_standard_mean']) + ' / ' + show(f['decision_hours_standard_median']):>20} "
+            f"{show(f['decision_hours_expedited_mean']) + ' / ' + show(f['decision_hours_expedited_median']):>20} "
+            f"{show(f['first_pass_approval_pct'], '%'):>10}"
+        )
+    overall = data["overall"]
+    reasons = ", ".join(f"{k} {v}" for k, v in overall["denials_by_reason"].items()) or "none"
+    click.echo(f"denials by reason: {reasons}")
+    click.echo(
+        f"appeals: {overall['appeals']}, overturned {show(overall['appeal_overturn_pct'], '%')}; "
+        f"median days from case received to approval: "
+        f"{show(overall['days_received_to_approval_median'])}; renewals drafted before expiry: "
+        f"{show(overall['renewals_drafted_before_expiry_pct'], '%')} of {overall['renewals_due']}"
+    )
 
 
 @main.command("intake")
@@ -685,11 +785,113 @@ def intake_cmd(case_files: tuple[Path, ...]) -> None:
 
 
 @main.command("nightly")
-def nightly_cmd() -> None:
-    """Run the nightly flow once, now, as a real Prefect flow run."""
-    flow_module = _load_flow("nightly")
-    summary = flow_module.nightly_run()
-    click.echo(json.dumps(summary, indent=2))
+@click.option(
+    "--prefect/--no-prefect",
+    "use_prefect",
+    default=None,
+    help="Run as a Prefect flow run (default: yes when there is work; a quiet night runs the "
+    "deadline checks without starting Prefect).",
+)
+def nightly_cmd(use_prefect: bool | None) -> None:
+    """Run the nightly flow once, now, as a real Prefect flow run.
+
+    One run at a time: a second one exits 3 saying which run holds the lock. Exits 1 when
+    notices failed or payer responses have been pending too long (the work is still done)."""
+    from priorauth import runguard
+
+    settings = _settings()
+    runguard.guard_children(settings.home)  # kill -9 of this process ends its children too
+    from priorauth.nightly import NightFailed, has_work, raise_for_failures, run_night
+    from priorauth.store import Store
+
+    store = Store(settings.db_url)
+    try:
+        busy = runguard.lock_holder(store)
+    finally:
+        store.dispose()
+    if busy:
+        click.echo(f"error: {busy}", err=True)
+        sys.exit(3)
+    if use_prefect is None:
+        use_prefect = bool(os.environ.get("PREFECT_API_URL")) or has_work(settings)
+        if not use_prefect:
+            click.echo(
+                "quiet night: no new case or payer files, no notices to send, no pending payer "
+                "responses; running the deadline checks without Prefect (a flow run would first "
+                "start a temporary Prefect server, about 5-15 s). Use --prefect to record one.",
+                err=True,
+            )
+    try:
+        if use_prefect:
+            summary = _load_flow("nightly").nightly_run()
+        else:
+            bar: dict[str, Progress] = {}
+
+            def progress(done: int, total: int) -> None:  # on a terminal only
+                bar.setdefault("line", Progress(total, what="new cases")).update(done)
+
+            report = run_night(settings, _now(), on_progress=progress)
+            if "line" in bar:
+                bar["line"].close()
+            summary = report.summary()
+            click.echo(json.dumps(summary, indent=2))
+            raise_for_failures(report)
+    except runguard.NightAlreadyRunning as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
+    except NightFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except PriorAuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if use_prefect:
+        click.echo(json.dumps(summary, indent=2))
+
+
+@main.group()
+def responses() -> None:
+    """Payer responses kept pending (they could not be applied yet)."""
+
+
+@responses.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def responses_list(as_json: bool) -> None:
+    """Pending payer responses: ID, case, file, the payer's decision date, why they wait."""
+    from priorauth.tracking import pending_view
+
+    settings = _settings()
+    with _store(settings).reader() as session:
+        items = pending_view(session)
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for item in items:
+        click.echo(
+            f"#{item['id']:<5} {item['case_id'] or '(no case)':<24} {item['file']} "
+            f"decided {item['decision_date'] or '?'}: {item['reason']}"
+        )
+    click.echo(f"{len(items)} pending payer response(s)")
+
+
+@responses.command("dismiss")
+@click.argument("response_id", type=int)
+@click.option("--reason", required=True, help="Why it will never apply (recorded and audited).")
+@click.option("--actor", default=None, help="Who (default: your user name).")
+def responses_dismiss(response_id: int, reason: str, actor: str | None) -> None:
+    """Close a pending payer response that will never apply; it and its file stay on record."""
+    from priorauth.tracking import dismiss_response
+
+    settings = _settings()
+    try:
+        with _store(settings).session() as session:
+            dismiss_response(
+                session, response_id, reason=reason, actor=_coordinator(actor), now=_now()
+            )
+    except PriorAuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"payer response #{response_id} dismissed")
 
 
 # ---- the portal ----------------------------------------------------------------------------
@@ -706,9 +908,33 @@ def nightly_cmd() -> None:
     help="Server processes; sessions, lockouts and the audit log live in the store, so any "
     "process can serve any request (one per core is a good start).",
 )
-def serve(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve HTTPS with this PEM certificate (chain); cookies are then Secure, plus HSTS.",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The certificate's private key (PEM).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Behind a TLS reverse proxy: the proxy's addresses (comma-separated IPs or networks). "
+    "X-Forwarded-Proto/-For are believed from these addresses only; never '*'.",
+)
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    certfile: Path | None,
+    keyfile: Path | None,
+    forwarded_allow_ips: str | None,
+) -> None:
     """Run the staff portal (sign in with an account from `priorauth users add`)."""
     import contextlib
+    import ipaddress
     import socket
 
     import uvicorn
@@ -717,14 +943,41 @@ def serve(host: str, port: int, workers: int) -> None:
     from priorauth.store import Store
     from priorauth.web.app import create_app
 
+    if bool(certfile) != bool(keyfile):
+        raise click.UsageError("--certfile and --keyfile go together")
+    proxies = []
+    for proxy in filter(None, (p.strip() for p in (forwarded_allow_ips or "").split(","))):
+        try:
+            network = ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise click.UsageError(
+                f"--forwarded-allow-ips: {proxy!r} is not an IP address or network"
+            ) from None
+        proxies.append(str(network) if "/" in proxy else str(network.network_address))
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not certfile and not proxies:
+        click.echo(
+            f"WARNING: serving plain HTTP on {host}, a non-loopback address: passwords, session "
+            "cookies and patient data cross the network unencrypted. Use --certfile/--keyfile, "
+            "or a TLS reverse proxy with --forwarded-allow-ips (docs/deployment.md).",
+            err=True,
+        )
     settings = _settings()
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "proxy_headers": False,
+        "proxy_headers": bool(proxies),
         "server_header": False,
         "log_level": "info",
     }
+    if proxies:
+        options["forwarded_allow_ips"] = ",".join(proxies)
+    if certfile:
+        options["ssl_certfile"] = str(certfile)
+        options["ssl_keyfile"] = str(keyfile)
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
@@ -799,6 +1052,15 @@ def users_reset(username: str, password_stdin: bool) -> None:
     _account_change(
         lambda s: reset_password(s, username, password, _now()), f"password of {username} reset"
     )
+
+
+@users.command("unlock")
+@click.argument("username")
+def users_unlock(username: str) -> None:
+    """End the sign-in locks of an account (from every address) at once."""
+    from priorauth.accounts import unlock
+
+    _account_change(lambda s: unlock(s, username, _now()), f"user {username} unlocked")
 
 
 @users.command("list")

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from priorauth import limits
 from priorauth.codes import icd_problem, normalize_icd, npi_is_valid
 from priorauth.dosing import inches_to_cm, pounds_to_kg
 
@@ -30,6 +31,16 @@ CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
+# Lengths the tracking store keeps (priorauth.limits, one place for the model, parsers and columns)
+PersonName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.PERSON_NAME)
+]
+MemberId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.MEMBER_ID)
+]
+CatalogId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.CATALOG_ID)
+]
 
 
 class _Model(BaseModel):
@@ -88,8 +99,8 @@ class Weight(_Model):
 
 
 class Patient(_Model):
-    first_name: Text
-    last_name: Text
+    first_name: PersonName
+    last_name: PersonName
     date_of_birth: date
     sex: Literal["F", "M"] = Field(description="Sex used by the ideal-body-weight formula.")
     height: Height
@@ -137,8 +148,8 @@ class Patient(_Model):
 
 
 class Coverage(_Model):
-    payer_id: Text = Field(description="ID of a payer in reference/payers.yaml.")
-    member_id: Text
+    payer_id: CatalogId = Field(description="ID of a payer in reference/payers.yaml.")
+    member_id: MemberId
     group_number: Text | None = None
     plan_name: Text | None = None
 
@@ -328,7 +339,7 @@ class Loading(_Model):
 
 
 class Request(_Model):
-    product_id: Text = Field(description="Product slug from reference/products.yaml.")
+    product_id: CatalogId = Field(description="Product slug from reference/products.yaml.")
     g_per_kg_per_course: Decimal = Field(gt=0, le=4)
     days_per_course: int = Field(1, ge=1, le=10)
     interval_days: int | None = Field(None, ge=1, le=365, description="None: one-time course.")
@@ -395,7 +406,7 @@ class Case(_Model):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     case_id: str = Field(pattern=CASE_ID_PATTERN, description="Letters, digits, _ and -.")
-    indication: Text = Field(description="ID from reference/indications.yaml, e.g. ms, cidp.")
+    indication: CatalogId = Field(description="ID from reference/indications.yaml, e.g. ms, cidp.")
     clinical_situation: Text | None = Field(
         None, description="For indications with situations (MS): dmt_failure, pregnancy, ..."
     )

@@ -12,17 +12,19 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from priorauth.errors import CaseFileError
+from priorauth.errors import CaseFileError, PriorAuthError
 from priorauth.files import crashpoint, write_atomic
 from priorauth.intake import CASE_SUFFIXES, declared_case_id, parse_case_file
 from priorauth.notify import NotifyError, channel_key, channels, send
@@ -35,8 +37,9 @@ from priorauth.pipeline import (
     generate_case,
 )
 from priorauth.responses import ResponseFileError, parse_response_file
+from priorauth.runguard import night_lock, remove_stale_scratch, scratch
 from priorauth.statuses import Status
-from priorauth.store import CaseRow, DocumentRow, NotificationRow, Store
+from priorauth.store import CaseRow, DocumentRow, NotificationRow, PayerResponseRow, Store
 from priorauth.tracking import (
     EVENT_CHANNEL,
     NIGHTLY,
@@ -51,8 +54,12 @@ from priorauth.tracking import (
     ingest_response,
     insufficient_criteria,
     mark_needs_info,
+    open_rejections,
+    open_responses,
     override_in_force,
     override_to_ready,
+    pending_view,
+    receive_response,
     record_documents,
     register_case,
     units_running_out,
@@ -62,6 +69,12 @@ FOLDERS = ("intake", "responses", "quarantine", "letters")
 RESPONSE_SUFFIXES = (".x12", ".278", ".edi", ".txt", ".json", ".csv")
 MAX_SEND_ATTEMPTS = 10
 SEND_LEASE = timedelta(minutes=10)
+
+
+class NightFailed(PriorAuthError):
+    """Raised (after the night's work is done and recorded) when something needs a person:
+    notices that failed to send, or payer responses pending beyond the allowed age. The
+    message carries counts and case IDs only."""
 
 
 @dataclass
@@ -87,6 +100,29 @@ class NightReport:
     units_running_out: list[str] = field(default_factory=list)  # authorized units end early
     expired: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
+    # Every kind of set-aside file (intake and payer files), counted by kind.
+    set_aside: Counter = field(default_factory=Counter)
+    rejections: list[str] = field(default_factory=list)  # case IDs with an open rejection
+    pending: list[str] = field(default_factory=list)  # "#<ledger id> <case ID or ?>: why"
+    pending_too_old: list[str] = field(default_factory=list)  # beyond the allowed age
+    stale_scratch_removed: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[str]:
+        """What makes the night fail loudly (non-zero exit, failed Prefect run): counts and
+        IDs only."""
+        problems = []
+        if self.notices_failed:
+            problems.append(
+                f"{self.notices_failed} notice(s) failed to send (retried next run; "
+                "`priorauth status CASE_ID` shows the error)"
+            )
+        if self.pending_too_old:
+            problems.append(
+                f"{len(self.pending_too_old)} payer response(s) pending too long: "
+                + "; ".join(self.pending_too_old[:10])
+                + " (`priorauth cases` lists them)"
+            )
+        return problems
 
     def summary(self) -> dict[str, Any]:
         """Counts and case IDs for logs, the flow's return value and `priorauth nightly`."""
@@ -107,6 +143,11 @@ class NightReport:
             "units_running_out": self.units_running_out,
             "expired": self.expired,
             "responses": dict(self.responses),
+            "set_aside": dict(self.set_aside),
+            "rejections": self.rejections,
+            "pending_responses": self.pending,
+            "pending_too_old": self.pending_too_old,
+            "failures": self.failures(),
         }
 
     def table(self) -> list[dict[str, Any]]:
@@ -162,6 +203,27 @@ class NightReport:
             {"what": f"responses: {k}", "count": v, "cases": ""}
             for k, v in sorted(self.responses.items())
         ]
+        rows += [
+            {"what": f"set aside: {k}", "count": v, "cases": ""}
+            for k, v in sorted(self.set_aside.items())
+        ]
+        rows += [
+            {
+                "what": "payer rejections to correct and resend (not denials)",
+                "count": len(self.rejections),
+                "cases": " ".join(self.rejections),
+            },
+            {
+                "what": "payer responses pending (kept, retried)",
+                "count": len(self.pending),
+                "cases": " ".join(p.split(":")[0] for p in self.pending),
+            },
+            {
+                "what": "payer responses pending too long",
+                "count": len(self.pending_too_old),
+                "cases": " ".join(p.split(":")[0] for p in self.pending_too_old),
+            },
+        ]
         return rows
 
 
@@ -171,7 +233,8 @@ def ensure_folders(home: Path) -> None:
 
 
 def quarantine(path: Path, reason: str, home: Path) -> Path:
-    """Move a file into quarantine/ beside a `<name>.reason.txt`; nothing is deleted.
+    """Move a file into quarantine/ beside a `<name>.reason.txt`; nothing is deleted or
+    overwritten (a name already there gets the file's content hash, then a number).
 
     The reason is written first, so a crash leaves the file where it was and the next run
     quarantines it again with the same reason."""
@@ -181,6 +244,10 @@ def quarantine(path: Path, reason: str, home: Path) -> Path:
     if target.exists() and not target.samefile(path):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         target = folder / f"{path.stem}.{digest}{path.suffix}"
+        number = 1
+        while target.exists() and not target.samefile(path):
+            number += 1
+            target = folder / f"{path.stem}.{digest}-{number}{path.suffix}"
     write_atomic(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
     os.replace(path, target)
     return target
@@ -256,6 +323,7 @@ def claim_case_files(
             )  # fmt: skip
         quarantine(path, reason, home)
         report.quarantined.append(path.name)
+        report.set_aside["case file: duplicate case ID"] += 1
     return claimed
 
 
@@ -271,24 +339,41 @@ def record_results(
         if result.ok:
             assert result.case is not None and result.summary is not None
             documents = document_records(result, home)
-            with store.session() as session:
-                register_case(
-                    session,
-                    result.case,
-                    source_file=result.source,
-                    case_sha256=result.case_sha256 or "",
-                    summary=_tracked(result.summary),
-                    now=now,
-                )
-                record_documents(
-                    session,
-                    result.case_id,
-                    documents,
-                    actor=NIGHTLY,
-                    now=now,
-                    result_status=result.status,
-                    missing=_missing(result),
-                )
+            try:
+                with store.session() as session:
+                    register_case(
+                        session,
+                        result.case,
+                        source_file=result.source,
+                        case_sha256=result.case_sha256 or "",
+                        summary=_tracked(result.summary),
+                        now=now,
+                    )
+                    record_documents(
+                        session,
+                        result.case_id,
+                        documents,
+                        actor=NIGHTLY,
+                        now=now,
+                        result_status=result.status,
+                        missing=_missing(result),
+                    )
+            except SQLAlchemyError as exc:
+                # The model and the columns share their limits (priorauth.limits), so this is a
+                # last guard: that one case is set aside; the message names no values
+                # (hide_parameters) and no patient.
+                source = Path(result.source)
+                if source.exists():
+                    quarantine(
+                        source,
+                        f"case file set aside: {source.name}\nthe tracking store refused the "
+                        f"case ({type(exc).__name__}); check field lengths",
+                        home,
+                    )
+                report.quarantined.append(source.name)
+                report.invalid.append(result.case_id)
+                report.set_aside["case file: refused by the store"] += 1
+                continue
             report.accepted.append(result.case_id)
             report.letters.append(result.case_id)
             if result.status == "needs_info":
@@ -311,6 +396,7 @@ def record_results(
                 quarantine(source, f"case file set aside: {source.name}\n{reason}", home)
             report.quarantined.append(source.name)
             report.invalid.append(result.case_id)
+            report.set_aside["case file: invalid"] += 1
 
 
 def _tracked(summary: dict[str, Any]) -> dict[str, Any]:
@@ -400,6 +486,34 @@ def regenerate_case(
     return result
 
 
+def keep_file(path: Path, folder: Path, digest: str) -> Path:
+    """Move a received file into `folder` under a content-addressed name,
+    `<first 16 hex of its SHA-256>-<its name>`, never replacing anything there: the same bytes
+    dropped again under the same name are kept as `…-2`, `…-3`. Returns where it now is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"{digest[:16]}-{path.name}"
+    candidate, number = folder / base, 1
+    while True:
+        try:
+            os.link(path, candidate)  # fails if the name exists: nothing is ever overwritten
+        except FileExistsError:
+            number += 1
+            stem, dot, suffix = base.partition(".")
+            candidate = folder / (f"{stem}-{number}{dot}{suffix}")
+            continue
+        except OSError:  # no hard links here: an exclusive create + copy instead
+            try:
+                with open(candidate, "xb") as out:
+                    out.write(path.read_bytes())
+            except FileExistsError:
+                number += 1
+                stem, dot, suffix = base.partition(".")
+                candidate = folder / (f"{stem}-{number}{dot}{suffix}")
+                continue
+        path.unlink()
+        return candidate
+
+
 def ingest_responses(
     store: Store,
     bench: Workbench,
@@ -407,32 +521,109 @@ def ingest_responses(
     now: datetime,
     report: NightReport,
 ) -> None:
-    """Every payer file in responses/: applied, then moved to responses/processed/; files that
-    cannot be parsed or hold unmatched responses go to quarantine with the reason."""
+    """Every payer file in responses/: its responses recorded in the ledger, the file kept in
+    responses/processed/ under a content-addressed name (never overwritten), then every open
+    response (tonight's and those still pending) applied in the payer's decision-date order.
+    Unreadable files (and over-long fields) go to quarantine with the reason."""
     folder = home / "responses"
     files = sorted(p for p in folder.iterdir() if p.is_file())
     for path in files:
         if path.suffix.lower() not in RESPONSE_SUFFIXES:
             quarantine(path, f"{path.name}: not a payer response file type", home)
-            report.responses["file set aside"] += 1
+            report.set_aside["payer file: not a response file type"] += 1
             continue
         try:
-            responses = parse_response_file(path)
+            responses = parse_response_file(path, reasons=_reasons(bench))
         except ResponseFileError as exc:
+            long = "at most" in str(exc) and "characters" in str(exc)
+            kind = "over-long field" if long else "unreadable"
             quarantine(path, str(exc), home)
-            report.responses["file set aside"] += 1
+            report.set_aside[f"payer file: {kind}"] += 1
             continue
-        unmatched = []
-        for response in responses:
-            actor = Actor(f"payer-file:{path.name}"[:64], "payer_file", "payer")
+        digest = responses[0].dedup_key.partition(":")[0]
+        planned = (folder / "processed" / f"{digest[:16]}-{path.name}").relative_to(home)
+        new = 0
+        with store.session() as session:
+            for response in responses:
+                if receive_response(session, response, now=now, stored_file=str(planned)):
+                    new += 1
+        report.responses["duplicate"] += len(responses) - new
+        crashpoint("after_responses_received")
+        keep_file(path, folder / "processed", digest)
+    apply_pending(store, bench.catalog, bench.settings, home, now, report)
+
+
+def _reasons(bench: Workbench):  # type: ignore[no-untyped-def]
+    from priorauth.responses import _reasons_in
+
+    return _reasons_in(Path(bench.settings.reference_dir))
+
+
+def apply_pending(
+    store: Store,
+    catalog: Any,
+    settings: Any,
+    home: Path,
+    now: datetime,
+    report: NightReport | None = None,
+    *,
+    case_id: str | None = None,
+) -> Counter:
+    """Apply every open payer response (or those of one case and of no case yet), in the
+    payer's decision-date order; what still cannot apply stays pending with its reason.
+
+    Called by the night, and right after a coordinator changes a case (`priorauth submit`,
+    `priorauth status`), so a denial that arrived before its submission was recorded applies
+    as soon as it is. Each response is one transaction; a database refusal (e.g. a value the
+    column cannot hold) keeps that response pending, never stops the rest."""
+    report = report if report is not None else NightReport()
+    outcomes: Counter = Counter()
+    with store.reader() as session:
+        todo = [
+            (r.id, r.stored_file, r.response_index, r.source_file)
+            for r in open_responses(session, case_id=case_id)
+        ]
+    parsed: dict[str, list[Any] | str] = {}
+    reasons = None
+    for ledger_id, stored, index, source in todo:
+        if stored not in parsed:
+            path = home / stored if stored else None
+            try:
+                if path is None or not path.is_file():
+                    raise ResponseFileError(f"{source}: the kept copy {stored} is missing")
+                if reasons is None:
+                    from priorauth.responses import _reasons_in
+
+                    reasons = _reasons_in(Path(settings.reference_dir))
+                parsed[stored] = parse_response_file(path, reasons=reasons)
+            except ResponseFileError as exc:
+                parsed[stored] = str(exc)
+        found = parsed[stored]
+        if isinstance(found, str) or index is None or index >= len(found):
+            with store.session() as session:
+                row = session.get(PayerResponseRow, ledger_id)
+                if row is not None and row.outcome in ("received", "pending"):
+                    row.outcome, row.detail = (
+                        "pending",
+                        (found if isinstance(found, str) else "response not found in its file"),
+                    )
+            outcomes["pending"] += 1
+            continue
+        response = found[index]
+        # The file's name as the payer sent it; the stored name adds its content hash.
+        response = replace(response, source=source)
+        actor = Actor(f"payer-file:{source}"[:64], "payer_file", "payer")
+        denial = None
+        try:
             with store.session() as session:
                 ingested = ingest_response(
                     session,
                     response,
-                    catalog=bench.catalog,
-                    settings=bench.settings,
+                    catalog=catalog,
+                    settings=settings,
                     now=now,
                     actor=actor,
+                    stored_file=stored,
                 )
                 if ingested.adverse:
                     row = session.get(CaseRow, ingested.case_id)
@@ -443,23 +634,24 @@ def ingest_responses(
                         "reason_code": ingested.change.reason_code or "",
                         "appeal_deadline": str(row.appeal_deadline),
                     }
-            if ingested.adverse:  # after the commit: the denial is on record
-                report.denials.append(denial)
-            outcome = ingested.outcome
-            report.responses[outcome] += 1
-            crashpoint("after_response_applied")
-            if outcome == "unmatched":
-                unmatched.append(response.index)
-        if unmatched:
-            quarantine(
-                path,
-                f"{path.name}: no case matches response(s) {unmatched} by trace "
-                "number, payer reference or member ID + HCPCS + dates",
-                home,
-            )
-        else:
-            target = folder / "processed" / path.name
-            os.replace(path, target)
+        except SQLAlchemyError as exc:
+            # hide_parameters keeps values out of the message; name the kind of error only
+            detail = f"the store refused it ({type(exc).__name__}); kept pending"
+            with store.session() as session:
+                row = session.get(PayerResponseRow, ledger_id)
+                if row is not None:
+                    row.outcome, row.detail = "pending", detail
+            outcomes["pending"] += 1
+            report.responses["pending"] += 1
+            continue
+        if denial is not None:  # after the commit: the denial is on record
+            report.denials.append(denial)
+        outcomes[ingested.outcome] += 1
+        report.responses[ingested.outcome] += 1
+        if ingested.outcome == "rejection" and ingested.case_id:
+            report.rejections.append(ingested.case_id)
+        crashpoint("after_response_applied")
+    return outcomes
 
 
 def _claimable(row: NotificationRow, now: datetime) -> bool:
@@ -641,8 +833,19 @@ def finish(
     report: NightReport,
     follow_up_business_days: int = 2,
     lead_days: int = 30,
+    pending_max_age: timedelta | None = None,
 ) -> None:
     with store.session() as session:
+        report.pending = [
+            f"#{item['id']} {item['case_id'] or '?'}: {item['reason']}"
+            for item in pending_view(session)
+        ]
+        if pending_max_age is not None:
+            report.pending_too_old = [
+                f"#{item['id']} {item['case_id'] or '?'}"
+                for item in pending_view(session, older_than=now - pending_max_age)
+            ]
+        report.rejections = sorted(open_rejections(session))
         report.expired = expire_ended(session, today, now)
         report.units_running_out = [
             case_id for case_id, _ in units_running_out(session, today, lead_days)
@@ -684,62 +887,126 @@ def run_night(
     emit: Callable[[str, dict[str, str]], None] | None = None,
     step: Callable[[str, Callable[[], Any]], Any] = _call,
     map_chunks: Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> NightReport:
     """One night's work over $PRIORAUTH_HOME, step by step. The Prefect flow passes `step` and
     `map_chunks` to make each step (and each chunk of new cases) a task run; without them the
     steps run inline and chunks on one thread per render worker (tests, benchmarks,
-    `python -m priorauth.nightly`)."""
+    `python -m priorauth.nightly`). `on_progress(cases_done, new_cases)` follows the letters
+    step as its chunks finish (from their threads)."""
     home = settings.home
     channels(settings.notify_urls)  # a broken PRIORAUTH_NOTIFY_URLS stops the run before it starts
     ensure_folders(home)
     store = Store(settings.db_url)
     report = NightReport()
-    bench = Workbench.build(settings, now.date())
     try:
-        files = step(
-            "find-new-cases",
-            lambda: claim_case_files(
-                store, new_case_files(store, home / "intake"), home, now, report
-            ),
-        )
-        if files:
-            size = max(1, min(settings.chunk_size, -(-len(files) // (settings.workers * 2))))
-            workers = max(1, min(settings.workers, -(-len(files) // size)))
-            run_settings = settings.model_copy(update={"workers": workers})
-            with BatchRunner(
-                run_settings, today=now.date(), out_dir=home / "letters", keep_records=True
-            ) as runner:
-
-                def letters_chunk(paths: list[Path]) -> list[str]:
-                    results = runner.run_chunk(paths)
-                    record_results(store, results, home, now, report)
-                    return [r.case_id for r in results]
-
-                (map_chunks or _threads(workers))(letters_chunk, list(chunked(files, size)))
-        step("payer-responses", lambda: ingest_responses(store, bench, home, now, report))
-        step(
-            "notifications",
-            lambda: send_notifications(
-                store, settings, now, report, lambda: datetime.now(UTC), emit
-            ),
-        )
-        step(
-            "renewals-and-deadlines",
-            lambda: (
-                renew(store, bench, home, now.date(), now, report),
-                finish(
-                    store,
-                    now.date(),
-                    now,
-                    report,
-                    bench.catalog.follow_up_business_days,
-                    bench.catalog.renewal_lead_days,
-                ),
-            ),
-        )
+        # One night at a time (NightAlreadyRunning otherwise); the run's temporary files live
+        # in its own folder, and a killed run's are removed now that no other run is alive.
+        with night_lock(store, now), scratch(home):
+            report.stale_scratch_removed = remove_stale_scratch(home)
+            _run_steps(
+                settings,
+                now,
+                store,
+                report,
+                emit=emit,
+                step=step,
+                map_chunks=map_chunks,
+                on_progress=on_progress,
+            )
     finally:
         store.dispose()
     return report
+
+
+def _run_steps(
+    settings: Any,
+    now: datetime,
+    store: Store,
+    report: NightReport,
+    *,
+    emit: Callable[[str, dict[str, str]], None] | None,
+    step: Callable[[str, Callable[[], Any]], Any],
+    map_chunks: Callable[[Callable[[list[Path]], Any], list[list[Path]]], list[Any]] | None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    home = settings.home
+    bench = Workbench.build(settings, now.date())
+    files = step(
+        "find-new-cases",
+        lambda: claim_case_files(store, new_case_files(store, home / "intake"), home, now, report),
+    )
+    if files:
+        size = max(1, min(settings.chunk_size, -(-len(files) // (settings.workers * 2))))
+        workers = max(1, min(settings.workers, -(-len(files) // size)))
+        run_settings = settings.model_copy(update={"workers": workers})
+        with BatchRunner(
+            run_settings, today=now.date(), out_dir=home / "letters", keep_records=True
+        ) as runner:
+            done = [0]
+            counting = threading.Lock()
+
+            def letters_chunk(paths: list[Path]) -> list[str]:
+                results = runner.run_chunk(paths)
+                record_results(store, results, home, now, report)
+                if on_progress is not None:
+                    with counting:
+                        done[0] += len(results)
+                        on_progress(done[0], len(files))
+                return [r.case_id for r in results]
+
+            (map_chunks or _threads(workers))(letters_chunk, list(chunked(files, size)))
+    step("payer-responses", lambda: ingest_responses(store, bench, home, now, report))
+    step(
+        "notifications",
+        lambda: send_notifications(store, settings, now, report, lambda: datetime.now(UTC), emit),
+    )
+    step(
+        "renewals-and-deadlines",
+        lambda: (
+            renew(store, bench, home, now.date(), now, report),
+            finish(
+                store,
+                now.date(),
+                now,
+                report,
+                bench.catalog.follow_up_business_days,
+                bench.catalog.renewal_lead_days,
+                timedelta(hours=settings.pending_response_max_age_hours),
+            ),
+        ),
+    )
+
+
+def raise_for_failures(report: NightReport) -> None:
+    """NightFailed when the night needs a person (see NightReport.failures)."""
+    problems = report.failures()
+    if problems:
+        raise NightFailed("nightly run finished with problems: " + "; ".join(problems))
+
+
+def has_work(settings: Any) -> bool:
+    """Whether tonight has anything beyond the deadline checks: a new case file, a payer file,
+    a notice or event to send, or a pending payer response. The CLI runs a quiet night without
+    starting Prefect."""
+    home = settings.home
+    if (home / "responses").is_dir() and any(p.is_file() for p in (home / "responses").iterdir()):
+        return True
+    store = Store(settings.db_url)
+    try:
+        intake = home / "intake"
+        if intake.is_dir() and new_case_files(store, intake):
+            return True
+        with store.reader() as session:
+            waiting = session.scalar(
+                select(func.count(NotificationRow.id)).where(
+                    NotificationRow.state.in_(["pending", "failed", "sending"]),
+                    NotificationRow.attempts < MAX_SEND_ATTEMPTS,
+                )
+            )
+            return bool(waiting) or bool(open_responses(session))
+    finally:
+        store.dispose()
 
 
 if __name__ == "__main__":  # the nightly steps without Prefect: crash tests and benchmarks

@@ -1,8 +1,9 @@
 """Denial notices: word one message and hand it to one apprise channel, reporting failure honestly.
 
 No database here: the outbox ledger decides what is sent and records the outcome. Messages carry
-case ID, payer, decision, reason, appeal deadline and portal link, never patient identifiers;
-errors and labels never carry a channel URL's secrets.
+case ID, payer, decision, reason code and its standard meaning, appeal deadline and portal link;
+never patient identifiers, and never the payer's free text (it may quote the patient: it is
+shown in the portal only). Errors and labels never carry a channel URL's secrets.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ DECISION_WORDS: dict[str, str] = {
 }
 
 DEDUP_HEADER = "X-Priorauth-Dedup"
-REASON_TEXT_MAX = 300  # payer wording is free text; keep a notice short (Teams cards cap at 1000)
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DEDUP_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces: safe in a mail header
@@ -52,7 +52,7 @@ class DenialNotice:
     payer_name: str
     status: str  # "denied" | "partially_approved" | "appeal_denied"
     reason_code: str | None  # our stable code (DOMAIN.md §9)
-    reason_text: str | None  # the payer's own words
+    reason_meaning: str | None  # its standard meaning (reference/denial_reasons.yaml `meanings`)
     decided_on: date
     appeal_deadline: date
     portal_url: str | None  # the link to this case in the staff portal
@@ -89,8 +89,15 @@ def render_notice(notice: DenialNotice) -> tuple[str, str]:
         f"Decision: {decision} on {notice.decided_on.isoformat()}",
     ]
     if notice.certification_number:
-        lines.append(f"Authorization number: {notice.certification_number}")
-    lines.append(f"Reason: {_reason(notice.reason_code, notice.reason_text)}")
+        # A partial approval certifies something: the number is an authorization. On a denial
+        # it is only the payer's reference for the decision.
+        label = (
+            "Authorization number"
+            if notice.status == Status.PARTIALLY_APPROVED
+            else "Payer reference"
+        )
+        lines.append(f"{label}: {notice.certification_number}")
+    lines.append(f"Reason: {_reason(notice.reason_code, notice.reason_meaning)}")
     lines.append(
         f"Appeal deadline: {deadline} ({days} days from the {notice.decided_on.isoformat()} decision)"
     )
@@ -98,15 +105,32 @@ def render_notice(notice: DenialNotice) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
-def _reason(code: str | None, text: str | None) -> str:
-    words = " ".join(text.split()) if text else ""  # one line: no control characters or newlines
-    if len(words) > REASON_TEXT_MAX:
-        words = words[: REASON_TEXT_MAX - 1].rstrip() + "…"
-    if code and words:
-        return f'{code} (payer: "{words}")'
-    if code or words:
-        return code or f'payer: "{words}"'
-    return "not stated by the payer"
+def _reason(code: str | None, meaning: str | None) -> str:
+    """Our code and its standard meaning; the payer's own words are in the portal only."""
+    if not code:
+        return "not stated by the payer (the payer's words, if any, are in the portal)"
+    if meaning:
+        return f"{code} ({' '.join(meaning.split())}); the payer's words are in the portal"
+    return f"{code}; the payer's words are in the portal"
+
+
+ATTENTION_TITLES = {
+    "pending_response": "Prior auth: payer response waiting",
+    "rejection": "Prior auth: payer rejected the request (not a denial)",
+}
+
+
+def render_attention(
+    kind: str, case_id: str | None, facts: list[tuple[str, str]], portal_url: str | None
+) -> tuple[str, str]:
+    """(title, body) of a notice that needs a coordinator: a payer response that cannot be
+    applied yet, or a transaction rejection. `facts` are (label, value) lines built from codes
+    and case IDs only; the caller never passes patient data or payer free text."""
+    title = ATTENTION_TITLES[kind] + (f": case {case_id}" if case_id else "")
+    lines = [f"Case: {case_id or '(no matching case yet)'}"]
+    lines += [f"{label}: {' '.join(str(value).split())}" for label, value in facts]
+    lines.append(f"Portal: {portal_url or '(no portal link configured)'}")
+    return title, "\n".join(lines)
 
 
 def channels(urls_setting: str) -> list[str]:

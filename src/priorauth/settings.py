@@ -36,6 +36,17 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000", description="Base URL of the staff portal, for links in notices."
     )
 
+    pending_response_max_age_hours: int = Field(
+        72,
+        ge=1,
+        description="A payer response still pending after this many hours fails the night.",
+    )
+    prefect_startup_timeout_s: int = Field(
+        120,
+        ge=10,
+        description="How long the temporary Prefect server may take to start (Prefect: 20 s).",
+    )
+
     secret_key: str | None = Field(
         None,
         description="Signs portal cookies; default: a random key kept in $PRIORAUTH_HOME/secret_key.",

@@ -34,6 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from priorauth import limits
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -88,9 +90,9 @@ class CaseRow(Base):
     hcpcs: Mapped[str] = mapped_column(String(8))
     indication: Mapped[str] = mapped_column(String(64))
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
-    patient_name: Mapped[str] = mapped_column(String(200))
+    patient_name: Mapped[str] = mapped_column(String(200))  # limits.PATIENT_NAME fits
     date_of_birth: Mapped[date] = mapped_column(Date)
-    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    member_id: Mapped[str] = mapped_column(String(limits.MEMBER_ID), index=True)
     service_start: Mapped[date | None] = mapped_column(Date)
     units_requested: Mapped[int | None] = mapped_column(Integer)
     summary: Mapped[dict | None] = mapped_column(JSON)  # product, inputs, dosing, warnings
@@ -169,9 +171,15 @@ class PayerResponseRow(Base):
     source_file: Mapped[str] = mapped_column(Text)
     case_id: Mapped[str | None] = mapped_column(String(64), index=True)
     matched_by: Mapped[str | None] = mapped_column(String(32))
-    outcome: Mapped[str] = mapped_column(String(32))  # applied | rejection | unmatched | refused
-    detail: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # received | pending | applied | no_change | rejection | superseded | dismissed
+    outcome: Mapped[str] = mapped_column(String(32), index=True)
+    detail: Mapped[str | None] = mapped_column(Text)  # why pending, what was applied (no PHI)
+    at: Mapped[datetime] = mapped_column(default=utcnow)  # first seen
+    stored_file: Mapped[str | None] = mapped_column(Text)  # the kept copy, relative to home
+    response_index: Mapped[int | None] = mapped_column(Integer)  # position in that file
+    decision_date: Mapped[date | None] = mapped_column(Date)  # the payer's; orders retries
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resolved_at: Mapped[datetime | None]  # when it stopped being pending
 
 
 class NotificationRow(Base):
@@ -182,7 +190,8 @@ class NotificationRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
-    case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), index=True)
+    # None: a notice about a payer response that matches no case yet
+    case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.case_id"), index=True)
     event: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(200))  # secret-free label
     channel_key: Mapped[str] = mapped_column(
@@ -200,7 +209,8 @@ class NotificationRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only audit log (UPDATE and DELETE are refused by database triggers)."""
+    """Append-only audit log: UPDATE and DELETE are refused by database triggers (TRUNCATE too
+    on PostgreSQL) and, before any SQL is sent, by the sessions of `Store` (AuditLogAppendOnly)."""
 
     __tablename__ = "audit_log"
 
@@ -214,6 +224,17 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     client: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class RunLockRow(Base):
+    """A named lease (the nightly run's on SQLite; PostgreSQL uses an advisory lock)."""
+
+    __tablename__ = "run_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # "host:pid:start-ticks"
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
 
 
 class UserRow(Base):
@@ -244,6 +265,43 @@ class SessionRow(Base):
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     client: Mapped[str | None] = mapped_column(String(64))
+    flash: Mapped[str | None] = mapped_column(String(32))  # a message code for the next page
+
+
+class SignInThrottleRow(Base):
+    """Failed sign-ins counted per client address (`addr:<ip>`) and per username typed from an
+    address (`pair:<username>|<ip>`); the pair's lock doubles up to a cap (accounts.py)."""
+
+    __tablename__ = "sign_in_throttle"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime]
+    locked_until: Mapped[datetime | None]
+    locks: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuditLogAppendOnly(Exception):
+    """Raised when code tries to change or delete an audit row: the log is append-only."""
+
+
+def _audit_rows_stay(session: Session, _context: object, _instances: object) -> None:
+    """before_flush: an audit row may be added, never changed or deleted."""
+    for row in session.deleted:
+        if isinstance(row, AuditRow):
+            raise AuditLogAppendOnly("audit_log is append-only: a row cannot be deleted")
+    for row in session.dirty:
+        if isinstance(row, AuditRow) and session.is_modified(row):
+            raise AuditLogAppendOnly("audit_log is append-only: a row cannot be changed")
+
+
+def _no_bulk_audit_changes(state) -> None:  # type: ignore[no-untyped-def]
+    """do_orm_execute: `update(AuditRow)` / `delete(AuditRow)` refused before reaching SQL."""
+    if state.is_update or state.is_delete:
+        table = getattr(state.statement, "table", None)
+        if table is not None and table.name == AuditRow.__tablename__:
+            raise AuditLogAppendOnly("audit_log is append-only: no UPDATE or DELETE")
 
 
 # ---- engine and migrations ----------------------------------------------------------------
@@ -264,6 +322,7 @@ def make_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
+            hide_parameters=True,
             connect_args={"timeout": 30, "isolation_level": None},
             pool_size=POOL_SIZE,
             max_overflow=POOL_OVERFLOW,
@@ -285,7 +344,13 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    return create_engine(
+        url,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+    )
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]
@@ -335,6 +400,9 @@ class Store:
         self._readers = sessionmaker(
             self.engine.execution_options(priorauth_read_only=True), expire_on_commit=False
         )
+        for factory in (self._sessions, self._readers):
+            event.listen(factory, "before_flush", _audit_rows_stay)
+            event.listen(factory, "do_orm_execute", _no_bulk_audit_changes)
         # SQLite has one writer at a time. Threads of this process take turns here, in order,
         # instead of polling SQLite's lock with growing sleeps (busy timeout): under 50 portal
         # clients that polling put seconds on the slowest downloads (each writes an audit row).

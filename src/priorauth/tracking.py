@@ -16,17 +16,21 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from priorauth import limits
 from priorauth.catalog import Catalog
 from priorauth.domain import Case
 from priorauth.errors import PriorAuthError
+from priorauth.letters.criteria import needs_documents
 from priorauth.notify import (
     DenialNotice,
     appeal_deadline,
     channel_key,
     channel_label,
     channels,
+    render_attention,
     render_notice,
 )
+from priorauth.responses import reason_meaning, reject_reason_text
 from priorauth.statuses import (
     ADVERSE,
     ALLOWED,
@@ -53,6 +57,18 @@ class UnknownCase(PriorAuthError):
 
 class ReasonRequired(PriorAuthError):
     """Raised when a move needs a reason (a criteria override) and none was given."""
+
+
+class FieldTooLong(PriorAuthError):
+    """Raised when a coordinator's value is longer than the store keeps (priorauth.limits)."""
+
+
+def check_lengths(**values: tuple[str | None, int]) -> None:
+    """Refuse over-long inputs up front (a clear message, nothing changed) instead of letting
+    the database refuse them mid-transaction."""
+    for name, (value, limit) in values.items():
+        if limits.too_long(value, limit):
+            raise FieldTooLong(f"{name} is {len(value or '')} characters; at most {limit}")
 
 
 class CaseFileChanged(PriorAuthError):
@@ -256,7 +272,7 @@ def queue_denial_notices(
         payer_name=payer_name,
         status=str(change.to_status),
         reason_code=change.reason_code,
-        reason_text=change.reason_text,
+        reason_meaning=reason_meaning(change.reason_code, getattr(settings, "reference_dir", None)),
         decided_on=decided_on or change.at.date(),
         appeal_deadline=row.appeal_deadline,
         portal_url=f"{settings.portal_url.rstrip('/')}/cases/{row.case_id}",
@@ -461,7 +477,7 @@ def override_to_ready(
         reason_text=reason.strip(),  # type: ignore[union-attr]
     )
     tracked = dict(summary if summary is not None else row.summary or {})
-    if (tracked.get("criteria") or {}).get("verdict") == "insufficient":
+    if needs_documents(tracked.get("criteria")):
         tracked["criteria"] = {**tracked["criteria"], "override": True}
     tracked["status"] = Status.READY.value
     row.summary = tracked
@@ -507,7 +523,9 @@ def submit(
     now: datetime,
     catalog: Catalog,
 ) -> SubmissionRow:
-    """Record that the packet went to the payer; the decision clock starts now."""
+    """Record that the packet went to the payer; the decision clock starts now. Responses the
+    payer sent before this was recorded are then applied by the caller (nightly.apply_pending)."""
+    check_lengths(reference=(reference, limits.REFERENCE))
     row = get_case(session, case_id, lock=True)
     payer = catalog.payer(row.payer_id)
     rules = catalog.rules_for(payer)
@@ -559,6 +577,11 @@ def set_status(
     decided_on: date | None = None,
 ) -> StatusChangeRow:
     """A decision or other status change, from a coordinator or a payer file."""
+    check_lengths(
+        reference=(reference, limits.REFERENCE),
+        reason_code=(reason_code, limits.REASON_CODE),
+        reason=(reason_text, limits.REASON_TEXT),
+    )
     row = get_case(session, case_id, lock=True)
     if row.status == Status.NEEDS_INFO and str(status) == Status.READY:
         # A criteria override: reason required, audited, marked for this case-file version.
@@ -618,58 +641,179 @@ def match_case(session: Session, response: Any) -> tuple[CaseRow | None, str | N
     return None, None
 
 
+# Ledger outcomes. `received` and `pending` are retried; the rest are final, and a response the
+# store has already resolved is the only kind of duplicate.
+OPEN = ("received", "pending")
+NOT_YET_SUBMITTED = frozenset({Status.DRAFT, Status.NEEDS_INFO, Status.READY})
+UNMATCHED_REASON = "no case matches the trace number, payer reference or member ID + HCPCS + dates"
+
+
 @dataclass(frozen=True)
 class Ingested:
-    """What became of one payer response; `change` is set when a status changed."""
+    """What became of one payer response; `change` is set when a status changed.
 
-    outcome: str  # applied | no_change | rejection | unmatched | refused | duplicate
+    outcome: applied | no_change | rejection | pending | superseded | duplicate."""
+
+    outcome: str
     case_id: str | None = None
     change: StatusChangeRow | None = None
+    detail: str | None = None
+    newly_pending: bool = False
 
     @property
     def adverse(self) -> bool:
         return self.change is not None and self.change.to_status in ADVERSE
 
 
-def ingest_response(
-    session: Session, response: Any, *, catalog: Catalog, settings: Any, now: datetime, actor: Actor
-) -> Ingested:
-    """Apply one parsed payer response; the ledger makes a second ingestion a no-op."""
-    seen = session.scalar(
-        select(PayerResponseRow.id).where(PayerResponseRow.dedup_key == response.dedup_key)
+def receive_response(
+    session: Session,
+    response: Any,
+    *,
+    now: datetime,
+    stored_file: str | None = None,
+) -> PayerResponseRow | None:
+    """Record a parsed response in the ledger as `received` (before its file is moved, so a
+    crash in between loses nothing). Returns the new row; None when the key is known."""
+    existing = session.scalars(
+        select(PayerResponseRow).where(PayerResponseRow.dedup_key == response.dedup_key)
+    ).first()
+    if existing is not None:
+        return None
+    row = PayerResponseRow(
+        dedup_key=response.dedup_key,
+        source_file=response.source,
+        case_id=None,
+        matched_by=None,
+        outcome="received",
+        detail=None,
+        at=now,
+        stored_file=stored_file,
+        response_index=response.index,
+        decision_date=response.decision_date,
+        attempts=0,
     )
-    if seen:
-        return Ingested("duplicate")
-    row, matched_by = match_case(session, response)
+    session.add(row)
+    session.flush()
+    return row
 
-    def ledger(
-        outcome: str, detail: str | None = None, change: StatusChangeRow | None = None
-    ) -> Ingested:
-        session.add(
-            PayerResponseRow(
-                dedup_key=response.dedup_key,
-                source_file=response.source,
-                case_id=row.case_id if row else None,
-                matched_by=matched_by,
-                outcome=outcome,
-                detail=detail,
-                at=now,
+
+def open_responses(session: Session, *, case_id: str | None = None) -> list[PayerResponseRow]:
+    """Responses still to apply (received or pending), in the payer's decision-date order (no
+    date last), then first seen first. `case_id`: that case's, plus those matching no case yet."""
+    stmt = select(PayerResponseRow).where(PayerResponseRow.outcome.in_(OPEN))
+    if case_id is not None:
+        stmt = stmt.where(
+            or_(PayerResponseRow.case_id == case_id, PayerResponseRow.case_id.is_(None))
+        )
+    return list(
+        session.scalars(
+            stmt.order_by(
+                PayerResponseRow.decision_date.is_(None),
+                PayerResponseRow.decision_date,
+                PayerResponseRow.id,
             )
         )
+    )
+
+
+def _latest_applied_decision(session: Session, case_id: str) -> date | None:
+    return session.scalar(
+        select(func.max(PayerResponseRow.decision_date)).where(
+            PayerResponseRow.case_id == case_id, PayerResponseRow.outcome == "applied"
+        )
+    )
+
+
+def ingest_response(
+    session: Session,
+    response: Any,
+    *,
+    catalog: Catalog,
+    settings: Any,
+    now: datetime,
+    actor: Actor,
+    stored_file: str | None = None,
+) -> Ingested:
+    """Apply one parsed payer response, or keep it pending with the reason.
+
+    Never dropped: a response for an unknown case, a case not yet submitted, or a status that
+    does not allow it stays `pending` (one notice, shown in `priorauth cases`) and is retried
+    each night and when its case changes. An older decision than one already applied to the
+    case is `superseded` (kept, not applied). Only a resolved response is a duplicate."""
+    ledger = session.scalars(
+        select(PayerResponseRow).where(PayerResponseRow.dedup_key == response.dedup_key)
+    ).first()
+    if ledger is not None and ledger.outcome not in OPEN:
+        return Ingested("duplicate", ledger.case_id)
+    if ledger is None:
+        ledger = receive_response(session, response, now=now, stored_file=stored_file)
+        assert ledger is not None
+    was_pending = ledger.outcome == "pending"
+    ledger.attempts = (ledger.attempts or 0) + 1
+    row, matched_by = match_case(session, response)
+
+    def resolve(
+        outcome: str, detail: str | None, change: StatusChangeRow | None = None
+    ) -> Ingested:
+        ledger.case_id = row.case_id if row else None
+        ledger.matched_by = matched_by
+        ledger.outcome = outcome
+        ledger.detail = detail
+        newly = outcome == "pending" and not was_pending
+        if outcome != "pending":
+            ledger.resolved_at = now
         session.flush()
-        return Ingested(outcome, row.case_id if row else None, change)
+        if newly and settings is not None:
+            _queue_attention(
+                session,
+                "pending_response",
+                ledger,
+                [
+                    ("Payer file", f"{response.source} (response {response.index + 1})"),
+                    ("Payer decision", _decision_words(response)),
+                    ("Waiting because", detail or ""),
+                    ("Next", "retried every night and whenever the case changes"),
+                ],
+                settings=settings,
+                now=now,
+            )
+        return Ingested(outcome, ledger.case_id, change, detail, newly)
 
     if row is None:
-        return ledger(
-            "unmatched",
-            "no case matches the trace number, payer reference or member ID + HCPCS + dates",
-        )
+        return resolve("pending", UNMATCHED_REASON)
     if response.kind == "rejection":
-        errors = "; ".join(f"{code}: {text}" for code, text in response.rejection_errors)
+        errors = "; ".join(
+            f"{code}: {reject_reason_text(code)}" for code, _ in response.rejection_errors
+        )
         audit(session, actor, "payer_rejection", "error", now, case_id=row.case_id, detail=errors)
-        return ledger("rejection", errors or "transaction rejected")
+        result = resolve("rejection", errors or "transaction rejected")
+        if settings is not None:
+            _queue_attention(
+                session,
+                "rejection",
+                ledger,
+                [
+                    ("Payer file", f"{response.source} (response {response.index + 1})"),
+                    ("Rejected", errors or "transaction rejected (no reason code)"),
+                    ("Next", "correct the request and resend it; no appeal clock starts"),
+                ],
+                settings=settings,
+                now=now,
+            )
+        return result
+    latest = _latest_applied_decision(session, row.case_id)
+    if response.decision_date and latest and response.decision_date < latest:
+        return resolve(
+            "superseded",
+            f"decided {response.decision_date}, before the decision of {latest} already applied",
+        )
     if response.status is None or Status(response.status) == row.status:
-        return ledger("no_change", f"already {row.status}")
+        return resolve("no_change", f"already {row.status}")
+    if Status(row.status) in NOT_YET_SUBMITTED:
+        return resolve(
+            "pending",
+            f"case {row.case_id} is {row.status}, not yet submitted: applied once it is",
+        )
     try:
         change = set_status(
             session,
@@ -691,18 +835,119 @@ def ingest_response(
         )
     except PriorAuthError as exc:
         audit(
-            session,
-            actor,
-            "payer_response_refused",
-            "error",
-            now,
-            case_id=row.case_id,
+            session, actor, "payer_response_pending", "error", now, case_id=row.case_id,
             detail=str(exc),
-        )
-        return ledger("refused", str(exc))
+        )  # fmt: skip
+        return resolve("pending", str(exc))
     if response.payer_reference and not row.payer_reference:
         row.payer_reference = response.payer_reference
-    return ledger("applied", f"{response.action_code} -> {response.status}", change)
+    return resolve("applied", f"{response.action_code} -> {response.status}", change)
+
+
+def _decision_words(response: Any) -> str:
+    if response.kind == "rejection":
+        return "transaction rejection"
+    words = str(response.status or response.action_code or "decision")
+    if response.reason_code:
+        words += f", reason {response.reason_code}"
+    if response.decision_date:
+        words += f", decided {response.decision_date.isoformat()}"
+    return words
+
+
+def _queue_attention(
+    session: Session,
+    kind: str,
+    ledger: PayerResponseRow,
+    facts: list[tuple[str, str]],
+    *,
+    settings: Any,
+    now: datetime,
+) -> int:
+    """One notice per channel about a response that needs a coordinator (once per response)."""
+    case_id = ledger.case_id
+    portal = settings.portal_url.rstrip("/")
+    title, body = render_attention(
+        kind, case_id, facts, f"{portal}/cases/{case_id}" if case_id else f"{portal}/"
+    )
+    queued = 0
+    for url in channels(settings.notify_urls):
+        suffix = hashlib.sha256(channel_key(url).encode()).hexdigest()[:16]
+        key = f"{kind}:{ledger.id}:{suffix}"
+        if session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
+            continue
+        session.add(
+            NotificationRow(
+                dedup_key=key,
+                case_id=case_id,
+                event=kind[:32],
+                channel=channel_label(url),
+                channel_key=channel_key(url),
+                state="pending",
+                title=title,
+                body=body,
+                created_at=now,
+            )
+        )
+        queued += 1
+    session.flush()
+    return queued
+
+
+def dismiss_response(
+    session: Session, ledger_id: int, *, reason: str, actor: Actor, now: datetime
+) -> PayerResponseRow:
+    """A coordinator closes a pending response that will never apply (e.g. a payer's mistake);
+    the reason is required and audited; the response and its file stay on record."""
+    row = session.get(PayerResponseRow, ledger_id)
+    if row is None or row.outcome not in OPEN:
+        raise UnknownCase(f"no pending payer response {ledger_id}")
+    if not reason.strip():
+        raise ReasonRequired("dismissing a pending payer response needs a reason")
+    row.outcome, row.resolved_at = "dismissed", now
+    row.detail = f"dismissed by {actor.name}: {reason.strip()}"[:2000]
+    audit(
+        session, actor, "payer_response_dismissed", "ok", now, case_id=row.case_id,
+        detail=f"response {ledger_id}",
+    )  # fmt: skip
+    return row
+
+
+def pending_view(session: Session, *, older_than: datetime | None = None) -> list[dict[str, Any]]:
+    """Pending payer responses (IDs, case IDs, file names, reasons: no patient data)."""
+    stmt = select(PayerResponseRow).where(PayerResponseRow.outcome == "pending")
+    if older_than is not None:
+        stmt = stmt.where(PayerResponseRow.at < older_than)
+    return [
+        {
+            "id": r.id,
+            "case_id": r.case_id,
+            "file": r.source_file,
+            "stored_file": r.stored_file,
+            "decision_date": r.decision_date.isoformat() if r.decision_date else None,
+            "since": r.at.isoformat(),
+            "attempts": r.attempts,
+            "reason": r.detail,
+        }
+        for r in session.scalars(stmt.order_by(PayerResponseRow.id))
+    ]
+
+
+def open_rejections(session: Session) -> dict[str, str]:
+    """case ID → the payer's latest rejection (AAA codes and meanings) not yet followed by a
+    change to the case: the coordinator must correct and resend."""
+    rows = session.execute(
+        select(
+            PayerResponseRow.case_id,
+            PayerResponseRow.detail,
+            PayerResponseRow.at,
+            CaseRow.updated_at,
+        )
+        .join(CaseRow, CaseRow.case_id == PayerResponseRow.case_id)
+        .where(PayerResponseRow.outcome == "rejection")
+        .order_by(PayerResponseRow.id)
+    ).all()
+    return {case_id: detail or "" for case_id, detail, at, updated in rows if at >= updated}
 
 
 # ---- the nightly checks ------------------------------------------------------------------
@@ -940,7 +1185,10 @@ def case_view(session: Session, case_id: str) -> dict[str, Any]:
         ],
         "payer_responses": [
             {
+                "id": r.id,
                 "file": r.source_file,
+                "stored_file": r.stored_file,
+                "decision_date": iso(r.decision_date),
                 "outcome": r.outcome,
                 "matched_by": r.matched_by,
                 "detail": r.detail,
@@ -963,9 +1211,16 @@ def case_view(session: Session, case_id: str) -> dict[str, Any]:
 
 
 def list_cases(session: Session, *, status: str | None = None) -> list[dict[str, Any]]:
+    """Every tracked case, with what needs a coordinator: payer responses waiting (pending)
+    and payer rejections not yet followed by a change (IDs and codes only)."""
     stmt = select(CaseRow).order_by(CaseRow.case_id)
     if status:
         stmt = stmt.where(CaseRow.status == status)
+    pending: dict[str, list[str]] = {}
+    for item in pending_view(session):
+        if item["case_id"]:
+            pending.setdefault(item["case_id"], []).append(item["reason"] or "")
+    rejections = open_rejections(session)
     return [
         {
             "case_id": r.case_id,
@@ -976,6 +1231,8 @@ def list_cases(session: Session, *, status: str | None = None) -> list[dict[str,
             "overdue": r.overdue_since is not None,
             "auth_end": r.auth_end.isoformat() if r.auth_end else None,
             "missing": insufficient_criteria(r.summary) if r.status == Status.NEEDS_INFO else [],
+            "pending_responses": pending.get(r.case_id, []),
+            "rejection": rejections.get(r.case_id),
         }
         for r in session.scalars(stmt)
     ]

@@ -404,7 +404,7 @@ def _dose_items(policy: Policy, facts: _Facts) -> list[Item]:
                 text,
                 "met" if ok else "not_met",
                 ("request.weight_basis", "patient.weight", "patient.height"),
-                detail=f"{used} body weight used",
+                detail=f"BMI {phases[-1][1].bmi:.1f}, {used} body weight used",
             )
         )
     for label, phase in phases:
