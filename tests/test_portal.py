@@ -704,3 +704,27 @@ def test_coordinator_override_needs_a_reason_regenerates_and_is_audited(needs_in
             )
             == 2
         )
+
+
+def test_a_denial_that_waited_applies_when_the_portal_records_the_submission(portal) -> None:
+    """A payer's denial of MS-1004 arrived before the fax was recorded: the night keeps it
+    pending; submitting from the case page applies it at once (issue 8)."""
+    from conftest import FIXTURES
+
+    home = portal["home"]
+    (home / "responses").mkdir(exist_ok=True)
+    shutil.copy(FIXTURES / "responses" / "ms-1004-denied.x12", home / "responses")
+    settings = load_settings(home=home, workers=1)
+    report = run_night(settings, START + timedelta(hours=1))
+    assert report.responses.get("pending") == 1
+    c = client(portal, "coordinator")
+    r = c.post(
+        "/cases/MS-1004/submit",
+        data={"method": "fax", "reference": "FAX-7", "csrf_token": csrf_of(c, "MS-1004")},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    with portal["store"].session() as s:
+        row = s.get(CaseRow, "MS-1004")
+        assert row.status == "denied"
+        assert row.appeal_deadline is not None

@@ -670,30 +670,45 @@ def create_app(
                 accounts.set_flash(own, who.token, done)
         return RedirectResponse(f"/cases/{case_id}", status_code=303)
 
+    def apply_waiting(case_id: str) -> None:
+        """Payer responses that waited for this case (a denial faxed back before the submission
+        was recorded) apply now, after the change is committed, in the payer's decision-date
+        order; the nightly run sends their notices. Never fails the coordinator's request."""
+        from priorauth.nightly import apply_pending
+
+        try:
+            apply_pending(store, catalog, settings, settings.home, clock(), case_id=case_id)
+        except Exception as exc:  # the change itself is saved; the night retries what is left
+            # the exception's class only: its text could carry a payer file's content
+            log.warning(
+                "waiting payer responses of %s not applied yet (%s)", case_id, type(exc).__name__
+            )
+
     @app.post("/cases/{case_id}/submit")
     def record_submission(
         case_id: str,
         who: Coordinator,
-        session: WriteDB,
         method: Annotated[str, Form(pattern="^(fax|portal|epa)$")],
         reference: Annotated[str, Form(max_length=64)] = "",
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
         csrf(who, csrf_token)
-        load_case(session, case_id)
         try:
-            submit(
-                session,
-                case_id,
-                method=method,
-                reference=reference or None,
-                actor=who.actor,
-                now=clock(),
-                catalog=catalog,
-            )
+            with store.session() as session:
+                load_case(session, case_id)
+                submit(
+                    session,
+                    case_id,
+                    method=method,
+                    reference=reference or None,
+                    actor=who.actor,
+                    now=clock(),
+                    catalog=catalog,
+                )
         except PriorAuthError as exc:
             raise HTTPException(409, str(exc)) from None
-        return back(who, case_id, "submitted", session)
+        apply_waiting(case_id)
+        return back(who, case_id, "submitted")
 
     def workbench() -> "Workbench":
         """The letter machinery, built on first use and once a day (the letter date)."""
@@ -785,6 +800,7 @@ def create_app(
                 )
         except PriorAuthError as exc:
             raise HTTPException(409, str(exc)) from None
+        apply_waiting(case_id)
         return back(who, case_id, "status")
 
     @app.post("/cases/{case_id}/regenerate")
