@@ -10,20 +10,13 @@ case IDs and statuses, never patient data. Run directly for the README's quick s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+import priorauth.prefect_env  # noqa: F401  (Prefect's environment, set before prefect is imported)
 from priorauth.settings import load_settings
 
-# No usage telemetry from a system that handles PHI (and this network has no route out anyway).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The temporary server's start limit (Prefect's default, 20 s, fails on a loaded machine: the
-# README's first command did); read when Prefect starts the server, so set before importing it.
-os.environ.setdefault(
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-    str(load_settings().prefect_startup_timeout_s),
-)
+# isort: split
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -37,7 +30,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from priorauth.cli import run_date
 from priorauth.intake import find_case_files
 from priorauth.pipeline import BatchRunner, CaseResult, chunked
-from priorauth.settings import load_settings
 
 _runner: BatchRunner | None = None  # the render workers of the flow run in progress
 

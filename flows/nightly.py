@@ -11,23 +11,17 @@ responses have been pending too long, after the artifact is published.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import priorauth.prefect_env  # noqa: F401  (Prefect's environment, set before prefect is imported)
 from priorauth.progress import Progress
 from priorauth.settings import load_settings
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The temporary server's start limit (Prefect's default, 20 s, fails first nights on a loaded
-# machine); read by Prefect when it starts the server, so set before prefect is imported.
-os.environ.setdefault(
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-    str(load_settings().prefect_startup_timeout_s),
-)
+# isort: split
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (

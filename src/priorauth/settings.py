@@ -5,6 +5,7 @@ Nothing here is read at import time; `load_settings()` is called by the CLI, the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -85,3 +86,15 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment, with explicit overrides winning."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def prefect_environment(settings: Settings | None = None) -> None:
+    """Environment Prefect reads when it starts, for the flows (call before importing prefect):
+    no usage telemetry from a system that handles PHI (this network has no route out anyway),
+    and the temporary server's start limit (Prefect's default, 20 s, fails first nights and the
+    README's first command on a loaded machine). Values already set win."""
+    settings = settings or load_settings()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(settings.prefect_startup_timeout_s)
+    )

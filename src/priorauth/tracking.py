@@ -308,27 +308,53 @@ def queue_denial_notices(
             json.dumps(payload, sort_keys=True),
         )
     )
-    queued = 0
-    for suffix, label, key_of_channel, row_title, row_body in rows:
-        key = f"denial:{row.case_id}:{change.id}:{suffix}"
-        if session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
-            continue
-        session.add(
-            NotificationRow(
-                dedup_key=key,
-                case_id=row.case_id,
-                event=str(change.to_status),
-                channel=label,
-                channel_key=key_of_channel,
-                state="pending",
-                title=row_title,
-                body=row_body,
-                created_at=now,
-            )
+    queued = sum(
+        _outbox(
+            session,
+            f"denial:{row.case_id}:{change.id}:{suffix}",
+            case_id=row.case_id,
+            event=str(change.to_status),
+            channel=(label, key_of_channel),
+            title=row_title,
+            body=row_body,
+            now=now,
         )
-        queued += 1
+        for suffix, label, key_of_channel, row_title, row_body in rows
+    )
     session.flush()
     return queued
+
+
+def _outbox(
+    session: Session,
+    key: str,
+    *,
+    case_id: str | None,
+    event: str,
+    channel: tuple[str, str],
+    title: str,
+    body: str,
+    now: datetime,
+) -> bool:
+    """Queue one notice in the outbox unless its dedup key is already there (then False): the
+    one way every notice enters it, so a re-run or a second process never queues it twice."""
+    if session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
+        return False
+    label, key_of_channel = channel
+    session.add(
+        NotificationRow(
+            dedup_key=key,
+            case_id=case_id,
+            event=event[:32],
+            channel=label,
+            channel_key=key_of_channel,
+            state="pending",
+            title=title,
+            body=body,
+            created_at=now,
+        )
+    )
+    return True
 
 
 def insufficient_criteria(summary: dict[str, Any] | None) -> list[str]:
@@ -873,23 +899,16 @@ def _queue_attention(
     queued = 0
     for url in channels(settings.notify_urls):
         suffix = hashlib.sha256(channel_key(url).encode()).hexdigest()[:16]
-        key = f"{kind}:{ledger.id}:{suffix}"
-        if session.scalar(select(NotificationRow.id).where(NotificationRow.dedup_key == key)):
-            continue
-        session.add(
-            NotificationRow(
-                dedup_key=key,
-                case_id=case_id,
-                event=kind[:32],
-                channel=channel_label(url),
-                channel_key=channel_key(url),
-                state="pending",
-                title=title,
-                body=body,
-                created_at=now,
-            )
+        queued += _outbox(
+            session,
+            f"{kind}:{ledger.id}:{suffix}",
+            case_id=case_id,
+            event=kind,
+            channel=(channel_label(url), channel_key(url)),
+            title=title,
+            body=body,
+            now=now,
         )
-        queued += 1
     session.flush()
     return queued
 
