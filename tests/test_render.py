@@ -471,3 +471,21 @@ def test_expedited_request_named_once_in_the_body(fixture_letters) -> None:
         # the RE block's "Review:" line, and the boxed paragraph when the template wrote one
         assert text.index("Review: Expedited review requested") < text.index("Dear Medical")
         assert text.count("Expedited review requested") <= 2, case_id
+
+
+def _font_names(pdf: bytes) -> set[str]:
+    page = PdfReader(io.BytesIO(pdf)).pages[0]
+    return {str(f.get_object()["/BaseFont"]) for f in page["/Resources"]["/Font"].values()}
+
+
+def test_cover_sheet_uses_a_standard_font_unless_a_word_needs_the_embedded_one(bench) -> None:
+    """Helvetica (not embedded: a lighter sheet and packet) when every word is in its encoding;
+    DejaVu, embedded, as soon as one is not (Helvetica would print "Ł" as a box)."""
+    from priorauth.letters.cover import render_cover
+
+    plain = render_cover(**cover_args(bench, parts=[("Clinic note (Dr. Muñoz) – 2026", 2)]))
+    assert all(name.startswith("/Helvetica") for name in _font_names(plain))
+    assert "Clinic note (Dr. Muñoz) – 2026" in pages_text(plain)[0]
+    wide = render_cover(**cover_args(bench, parts=[("Notatka kliniczna, Łódź", 2)]))
+    assert {"/AAAAAA+DejaVuSans", "/AAAAAA+DejaVuSans-Bold"} <= _font_names(wide)
+    assert "Notatka kliniczna, Łódź" in pages_text(wide)[0]
