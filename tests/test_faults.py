@@ -113,6 +113,8 @@ def test_a_denial_before_its_submission_applies_after_submit_and_is_notified_onc
         # One notice about the waiting response, none about a denial yet.
         assert len(smtp.messages) == 1
         assert "payer response waiting" in smtp.messages[0].message["Subject"]
+        # the payer's file name is outside data (could name the patient): the ledger number only
+        assert DENIAL.name not in smtp.messages[0].text and "#1" in smtp.messages[0].text
         code, out = cli(monkeypatch, settings, "cases")
         assert code == 0 and "PAYER RESPONSE WAITING" in out and "not yet submitted" in out
 

@@ -795,7 +795,7 @@ def ingest_response(
                 "pending_response",
                 ledger,
                 [
-                    ("Payer file", f"{response.source} (response {response.index + 1})"),
+                    ("Payer response", _ledger_ref(ledger)),
                     ("Payer decision", _decision_words(response)),
                     ("Waiting because", detail or ""),
                     ("Next", "retried every night and whenever the case changes"),
@@ -819,7 +819,7 @@ def ingest_response(
                 "rejection",
                 ledger,
                 [
-                    ("Payer file", f"{response.source} (response {response.index + 1})"),
+                    ("Payer response", _ledger_ref(ledger)),
                     ("Rejected", errors or "transaction rejected (no reason code)"),
                     ("Next", "correct the request and resend it; no appeal clock starts"),
                 ],
@@ -879,6 +879,13 @@ def _decision_words(response: Any) -> str:
     if response.decision_date:
         words += f", decided {response.decision_date.isoformat()}"
     return words
+
+
+def _ledger_ref(ledger: PayerResponseRow) -> str:
+    """How a notice names a received response: its ledger number, never the payer's file name
+    (outside data: a fax-back service may name a file after the patient). The portal and
+    `priorauth responses list` show the file."""
+    return f"#{ledger.id} (priorauth responses list, or the case page)"
 
 
 def _queue_attention(

@@ -413,10 +413,6 @@ def letter_context(
     payer = catalog.payer(case.coverage.payer_id)
     plan_rules = catalog.rules_for(payer)
     clinical = case.clinical
-    counts = {k: 0 for k in OUTCOME_LABELS}
-    for therapy in case.prior_therapies:
-        counts[therapy.outcome] += 1
-    edss = [s for s in clinical.scores if s.name.upper() == "EDSS"]
     site_label = SITE_LABELS[case.site_of_care.setting]
     primary = case.diagnoses[0]
     title = codes_title(primary.code) or indication.name
@@ -476,8 +472,6 @@ def letter_context(
                 if age >= 18
                 else f"{patient.first_name} {patient.last_name}"
             ),
-            "possessive": "her" if female else "his",
-            "pronoun": "she" if female else "he",
             "age": age,
         },
         "prescriber": case.prescriber,
@@ -493,17 +487,12 @@ def letter_context(
         # the label speaks of an indication; a primary code outside it is not that indication
         "labelled": product.labelled_for(indication.id) and indication.fits(primary.code),
         "label_date": month_year(product.label.date),
-        "situation": indication.situations.get(case.clinical_situation or ""),
         "claims_here": claims,
         "supporting_claims": [c for c in claims if c.strength != "negative_rct"],
         "primary_dx": primary,
-        "primary_title": title,
         "primary_title_lower": title[:1].lower() + title[1:],
-        "diagnoses_text": ", ".join(d.code for d in case.diagnoses),
         "latest_mri": max(clinical.mri, key=lambda m: m.date) if clinical.mri else None,
-        "latest_edss": max(edss, key=lambda s: s.date) if edss else None,
         "latest_relapse": latest_relapse,
-        "counts": counts,
         "outcome_text": outcome_text(case.prior_therapies),
         "pregnancy_text": PREGNANCY_TEXT.get(clinical.pregnancy_status or "", ""),
         "steroid_text": STEROID_TEXT.get(clinical.steroid_response or "", ""),
@@ -530,7 +519,6 @@ def letter_context(
         "phases": phases,
         "phase_texts": [phase_text(label, d) for label, d in phases],
         "regimen_text": regimen_text(phases),
-        "dose_text": phase_text("", dose),
         "letter_date": letter_date,
         "renewal": None,
     }
